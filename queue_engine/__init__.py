@@ -1,0 +1,49 @@
+"""qengine: a crash-safe queue engine with a file backend, workers and daemons."""
+
+from __future__ import annotations
+
+from .config import Config, load_config
+from .errors import (
+    ConfigurationError,
+    CorruptionError,
+    DuplicateAlias,
+    InvalidMessage,
+    InvalidQueueName,
+    LeaseLost,
+    LockTimeout,
+    MessageInFlight,
+    MessageNotFound,
+    QueueEngineError,
+    QueueNotFound,
+    StorageError,
+)
+from .factory import QueueFactory
+from .manager import QueueManager
+from .message import ExecutionMode, QueueMessage
+from .status import MessageRef, QueueStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConfigurationError",
+    "CorruptionError",
+    "DuplicateAlias",
+    "ExecutionMode",
+    "InvalidMessage",
+    "InvalidQueueName",
+    "LeaseLost",
+    "LockTimeout",
+    "MessageInFlight",
+    "MessageNotFound",
+    "MessageRef",
+    "QueueEngineError",
+    "QueueFactory",
+    "QueueManager",
+    "QueueMessage",
+    "QueueNotFound",
+    "QueueStatus",
+    "StorageError",
+    "load_config",
+    "__version__",
+]

@@ -1,0 +1,240 @@
+"""FileQueueManager: the embedded default backend (``queueType = file``, or ``cache``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ...config import Config
+from ...errors import QueueNotFound, StorageError
+from ...manager import MessageFilter, OnDuplicate, QueueManager
+from ...message import QueueMessage, validate_queue_name
+from ...status import QueueStatus
+from .store import DIR_MODE, QueueStore, init_queue_dir
+
+__all__ = ["FileQueueManager"]
+
+
+class FileQueueManager(QueueManager):
+    """Queues as folders of append-only logs under ``<cacheRoot>/queues``.
+
+    Safe for any number of threads and processes on one host. See
+    :mod:`queue_engine.backends.file.store` for the layout and the crash-safety argument.
+    """
+
+    queue_type = "file"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.root = Path(config.cache_root) / "queues"
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create cacheRoot {str(self.root)!r}: {exc.strerror}") from None
+        self._stores: dict[str, QueueStore] = {}
+        self._stores_lock = threading.Lock()
+        self._flusher: _Flusher | None = None
+        if config.fsync == "batch":
+            self._flusher = _Flusher(self, config.fsync_interval)
+
+    # -- store handles ------------------------------------------------------------------
+    def _store(self, queue: str, *, create: bool = False) -> QueueStore | None:
+        """The open store for ``queue``; None when it does not exist (and ``create`` is off)."""
+        store = self._stores.get(queue)
+        if store is not None and not store.view.destroyed:
+            return store
+        with self._stores_lock:
+            store = self._stores.get(queue)
+            if store is not None and store.view.destroyed:
+                store.close()
+                del self._stores[queue]
+                store = None
+            if store is None:
+                path = self.root / queue
+                if not (path / "log").is_dir():
+                    if not create:
+                        return None
+                    self._create_queue(queue, {})
+                try:
+                    store = QueueStore(
+                        queue, path, fsync=self.config.fsync, lock_timeout=self.config.lock_timeout,
+                        segment_size=self.config.segment_size,
+                    )
+                except StorageError:
+                    if not (path / "log").is_dir():  # destroyed while we opened it
+                        return None if not create else self._store(queue, create=True)
+                    raise
+                self._stores[queue] = store
+            return store
+
+    def _with_store(self, queue: str) -> QueueStore:
+        store = self._store(queue)
+        if store is None:
+            raise QueueNotFound(f"queue {queue!r} does not exist")
+        return store
+
+    def _retrying(self, queue: str, op: Any, *, create: bool = False, missing: Any = QueueNotFound) -> Any:
+        """Run ``op(store)``; if the queue was destroyed under us, reopen once and retry."""
+        for _ in range(3):
+            store = self._store(queue, create=create)
+            if store is None:
+                if missing is QueueNotFound:
+                    raise QueueNotFound(f"queue {queue!r} does not exist")
+                return missing
+            result = op(store)
+            if not store.view.destroyed:
+                return result
+        raise StorageError(f"queue {queue!r} keeps being destroyed while in use")
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
+        with self._stores_lock:
+            for store in self._stores.values():
+                store.close()
+            self._stores.clear()
+
+    def flush(self) -> None:
+        """Make every write so far durable now (whatever the fsync mode)."""
+        for store in list(self._stores.values()):
+            with store._mutex:
+                if not store.closed:
+                    store.flush_locked()
+
+    # -- queues -------------------------------------------------------------------------
+    def _create_queue(self, queue: str, attributes: dict[str, Any]) -> bool:
+        from ...message import encode_data
+
+        encode_data(attributes)
+        final = self.root / queue
+        if (final / "log").is_dir():
+            return False
+        tmp = self.root / f".new-{queue}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(tmp, DIR_MODE)
+            init_queue_dir(tmp, attributes, self.config.segment_size)
+            if self.config.fsync == "always":
+                os.sync()  # a new queue is rare; make its files and folder durable at once
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process created it first
+                return False
+            return True
+        except OSError as exc:
+            raise StorageError(f"cannot create queue {queue!r} in {str(self.root)!r}: {exc.strerror}") from None
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _destroy_queue(self, queue: str) -> bool:
+        store = self._store(queue)
+        if store is None:
+            return False
+        store.mark_destroyed()  # every other handle sees this record and lets go
+        trash = self.root / f".trash-{queue}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.root / queue, trash)
+        except FileNotFoundError:
+            return False
+        with self._stores_lock:
+            self._stores.pop(queue, None)
+        store.close()
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def _queue_exists(self, queue: str) -> bool:
+        return (self.root / queue / "log").is_dir()
+
+    def _list_queues(self) -> Iterable[str]:
+        for entry in os.scandir(self.root):
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                try:
+                    validate_queue_name(entry.name)
+                except ValueError:
+                    continue
+                if os.path.isdir(os.path.join(entry.path, "log")):
+                    yield entry.name
+
+    # -- messages -----------------------------------------------------------------------
+    def _add_messages(self, queue: str, messages: list[QueueMessage], on_duplicate: OnDuplicate) -> list[str]:
+        result: list[str] = self._retrying(queue, lambda s: s.add(messages, on_duplicate), create=True)
+        return result
+
+    def import_messages(self, queue: str, messages: list[QueueMessage]) -> list[str]:
+        """Add messages keeping their uuid and insertion time (used by migrations)."""
+        result: list[str] = self._retrying(queue, lambda s: s.add(messages, "ignore", keep_uuid=True), create=True)
+        return result
+
+    def _get_message(self, queue: str) -> QueueMessage | None:
+        result: QueueMessage | None = self._retrying(queue, lambda s: s.get(), missing=None)
+        return result
+
+    def _reserve(self, queue: str, lease: float) -> QueueMessage | None:
+        result: QueueMessage | None = self._retrying(queue, lambda s: s.reserve(lease), missing=None)
+        return result
+
+    def _ack(self, queue: str, uuid: str, attempt: int | None) -> None:
+        self._with_store(queue).ack(uuid, attempt)
+
+    def _release(self, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
+        self._with_store(queue).release(uuid, attempt, delay, error)
+
+    def _queue_status(self, queue: str) -> QueueStatus:
+        result: QueueStatus = self._retrying(queue, lambda s: s.status())
+        return result
+
+    def _set_custom_attributes(self, queue: str, attributes: dict[str, Any], replace: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self._retrying(queue, lambda s: s.set_custom(attributes, replace))
+        return result
+
+    def _update_last_processed(self, queue: str, uuid: str | None, alias: str | None) -> None:
+        self._retrying(queue, lambda s: s.set_last_processed(uuid, alias))
+
+    def _find_messages(self, queue: str, flt: MessageFilter, limit: int | None) -> list[QueueMessage]:
+        result: list[QueueMessage] = self._retrying(queue, lambda s: s.find(flt, limit))
+        return result
+
+    def _update_message(self, queue: str, message: QueueMessage) -> None:
+        self._with_store(queue).update(message)
+
+    def _remove_message(self, queue: str, uuid: str) -> bool:
+        result: bool = self._retrying(queue, lambda s: s.remove(uuid))
+        return result
+
+
+class _Flusher:
+    """fsync=batch: a daemon thread that fdatasyncs written segments every ``interval``."""
+
+    def __init__(self, manager: FileQueueManager, interval: float) -> None:
+        self._manager = weakref.ref(manager)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qengine-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            manager = self._manager()
+            if manager is None:
+                return
+            for store in list(manager._stores.values()):
+                if store.dirty and not store.closed and store._pid == os.getpid():
+                    try:
+                        with store._mutex:
+                            if not store.closed:
+                                store.flush_locked()
+                    except StorageError:
+                        store.dirty = True  # try again next round
+            del manager
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)

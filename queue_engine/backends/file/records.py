@@ -1,0 +1,104 @@
+"""On-disk record framing for the file backend's log.
+
+Every record is a fixed 36-byte header followed by ``length`` bytes of body::
+
+    magic  2s   b"qE"
+    type   u8   RecordType
+    flags  u8   Flag bits (ADD/UPDATE only)
+    length u32  body length
+    seq    u64  message sequence number the record is about (0 for queue-level records)
+    arg    u64  per-type argument: due or deadline in epoch milliseconds
+    ts     u64  when the record was written, epoch milliseconds
+    crc    u32  CRC-32 of the 32 header bytes before it plus the body
+
+A record is valid only if its magic and CRC match, so a torn write (process killed in the
+middle of a write, power loss) is detected instead of being read as data. A zero magic marks
+the end of the written part of a preallocated segment.
+
+Records that must become visible together (a batch of adds) carry ``Flag.CONTINUED`` on every
+record but the last: a reader applies a group only once it has read its last record.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import NamedTuple
+
+__all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "encode", "read_header", "body_valid"]
+
+MAGIC = b"qE"
+HEADER = struct.Struct("<2sBBIQQQI")
+_PREFIX = struct.Struct("<2sBBIQQQ")  # the header without its crc
+HEADER_SIZE = HEADER.size  # 36
+
+
+class RecordType:
+    """What a record means (plain ints: enum arithmetic is slow on the hot path).
+
+    See queue_engine.backends.file.view for how each one applies.
+    """
+
+    SEGMENT = 1  # first record of a segment; seq = first message seq the segment may hold
+    CREATE = 2  # queue created; body = {"attributes": {...}}
+    ADD = 3  # a message; body = QueueMessage.to_record() JSON; arg = due ms (0: none)
+    TAKE = 4  # removed by get_message
+    RESERVE = 5  # handed out; arg = lease deadline ms; body = holder "pid:starttime"
+    ACK = 6  # reserved message finished
+    RELEASE = 7  # reserved message given back; arg = due ms (0: now); body = error text
+    EXPIRE = 8  # lease ended or holder died; eligible again now
+    UPDATE = 9  # new content for a pending message, same place; like ADD
+    REMOVE = 10  # pending message deleted
+    STATUS = 11  # status record change; body = JSON
+    SEAL = 12  # nothing follows in this segment; continue in the next one
+    DESTROYED = 13  # queue destroyed; handles must reopen
+
+
+class Flag:
+    """Flag bits of ADD and UPDATE records (plain ints, see RecordType)."""
+
+    DEFERRED = 1
+    DISABLED = 2
+    ALIAS = 4  # the body has an alias (the view indexes it)
+    FOREIGN_UUID = 8  # uuid not minted by this queue (kept by a migration)
+    CONTINUED = 16  # more records of the same atomic group follow
+
+
+class Header(NamedTuple):
+    type: int
+    flags: int
+    length: int
+    seq: int
+    arg: int
+    ts: int
+    crc: int
+
+
+def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int = 0, ts: int = 0) -> bytes:
+    """Frame one record."""
+    prefix = _PREFIX.pack(MAGIC, rtype, flags, len(body), seq, arg, ts)
+    crc = zlib.crc32(body, zlib.crc32(prefix))
+    return prefix + struct.pack("<I", crc) + body
+
+
+def read_header(buf: bytes | memoryview | object, offset: int) -> Header | None:
+    """The header at ``offset`` of ``buf``, or None where nothing was written (zero magic).
+
+    Raises ValueError for bytes that are neither zero nor a record header.
+    """
+    magic, rtype, flags, length, seq, arg, ts, crc = HEADER.unpack_from(buf, offset)  # type: ignore[call-overload]
+    if magic != MAGIC:
+        if magic == b"\x00\x00":
+            return None
+        raise ValueError(f"bad record magic {magic!r} at offset {offset}")
+    return Header(rtype, flags, length, seq, arg, ts, crc)
+
+
+def body_valid(buf: bytes | memoryview | object, offset: int, header: Header) -> bool:
+    """True when the record at ``offset`` is complete and its CRC matches."""
+    start = offset + HEADER_SIZE
+    view = memoryview(buf)  # type: ignore[arg-type]
+    if start + header.length > len(view):
+        return False
+    crc = zlib.crc32(view[offset : offset + HEADER_SIZE - 4])
+    return zlib.crc32(view[start : start + header.length], crc) == header.crc

@@ -1,0 +1,950 @@
+"""One queue on disk: its lock, its log, its checkpoint, and the operations on it.
+
+Layout of ``<cacheRoot>/queues/<name>/``::
+
+    lock                 flock target, held only for the length of one operation
+    log/NNNNNNNNNN.log   segments of the append-only log (see records.py, segments.py)
+    log/NNNNNNNNNN.idx   seq -> offset index of each segment's ADD records
+    checkpoint.json      a serialized view and the log position it reflects
+    quarantine/          damaged bytes cut from the log, kept for inspection
+
+Concurrency: a ``threading.Lock`` orders the threads of one process, then ``flock`` on a
+descriptor held open orders processes (filelock's FileLock reopens its file on every
+acquire, which would cap the hot path at ~10k ops/s). Under the lock a process first applies
+every record other processes appended since its last operation (``_sync``), so its view is
+current, then appends its own records with one ``pwrite`` and applies them the same way.
+
+Crash safety: a record is valid only when complete with a matching CRC, and records that
+must appear together are one group; what a killed writer left half-written at the tail is
+cut off (and kept in ``quarantine/``) by the next lock holder. Segment files are created
+whole and renamed into place; checkpoints are written to a temporary file, fsynced and
+renamed. Old segments are deleted only after a durable checkpoint no longer needs them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ...errors import (
+    CorruptionError,
+    DuplicateAlias,
+    LeaseLost,
+    LockTimeout,
+    MessageInFlight,
+    MessageNotFound,
+    StorageError,
+)
+from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
+from ...status import MessageRef, QueueStatus
+from .records import HEADER_SIZE, Flag, Header, RecordType, body_valid, encode, read_header
+from .segments import Segment, create_segment, fsync_dir, segment_path
+from .view import INFLIGHT, Entry, Loc, QueueView
+
+__all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir", "DIR_MODE", "FILE_MODE"]
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_SEAL = encode(RecordType.SEAL, 0)
+_CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
+_HOLDER_CHECK_INTERVAL = 1.0
+_MASK48 = (1 << 48) - 1
+_MIX = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
+_UNMIX = pow(_MIX, -1, 1 << 48)
+
+
+# -- uuids ----------------------------------------------------------------------------------
+def mint_uuid(seq: int, key: int) -> str:
+    """An RFC 9562 version-8 UUID carrying ``seq`` (masked by the queue's ``key``) and 74 random bits.
+
+    Finding a message by uuid then needs no index: the seq locates its record, and the full
+    uuid stored in the record confirms it. The per-queue key keeps uuids looking random and
+    does not reveal how many messages a queue has seen.
+    """
+    rand = random.getrandbits(74)
+    value = ((((seq * _MIX) & _MASK48) ^ key) << 80) | (0x8 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def seq_of_uuid(uuid: str, key: int) -> int | None:
+    """The seq a uuid minted by :func:`mint_uuid` with ``key`` carries, or None for any other string."""
+    try:
+        value = int(uuid.replace("-", ""), 16) if len(uuid) == 36 else -1
+    except ValueError:
+        return None
+    if value < 0 or (value >> 76) & 0xF != 8 or (value >> 62) & 0b11 != 0b10:
+        return None
+    return (((value >> 80) ^ key) * _UNMIX) & _MASK48
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_own_token: tuple[int, str] = (0, "")
+
+
+def _own_process_token() -> str:
+    """This process's token, read once per process."""
+    global _own_token
+    pid = os.getpid()
+    if _own_token[0] != pid:
+        _own_token = (pid, _process_token(pid) or f"{pid}:0")
+    return _own_token[1]
+
+
+def _process_token(pid: int) -> str | None:
+    """``pid:starttime`` identifying a live process (a recycled pid has another start time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return f"{pid}:{fields[19].decode()}" if len(fields) > 19 else None
+
+
+def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int) -> None:
+    """Lay out an empty queue at ``path`` (a new, private folder)."""
+    os.mkdir(path / "log", DIR_MODE)
+    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.close(fd)
+    now = _now_ms()
+    head = encode(RecordType.SEGMENT, 1, ts=now) + encode(
+        RecordType.CREATE, 0, json.dumps({"attributes": attributes, "uuid_key": random.getrandbits(48)}).encode(), ts=now
+    )
+    create_segment(path / "log", 1, segment_size, 1, head, FILE_MODE)
+
+
+class _Guard:
+    """Context manager for QueueStore._locked (a class: cheaper than @contextmanager)."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> QueueView:
+        return self._store._enter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._store._exit()
+
+
+class QueueStore:
+    """An open queue. Thread-safe; after ``fork`` the child reopens its own descriptors."""
+
+    def __init__(self, name: str, path: Path, *, fsync: str, lock_timeout: float, segment_size: int) -> None:
+        self.name = name
+        self.path = path
+        self.log_dir = path / "log"
+        self.fsync = fsync
+        self.lock_timeout = lock_timeout
+        self.segment_size = segment_size
+        self._mutex = threading.Lock()
+        self._guard = _Guard(self)
+        self._pid = -1
+        self._lock_fd = -1
+        self._segments: dict[int, Segment] = {}
+        self._seg_starts: list[tuple[int, int]] = []  # sorted (first_seq, segno)
+        self.view = QueueView()
+        self._limit: Loc = (1, 0)
+        self._since_checkpoint = 0
+        self._last_holder_check = 0.0
+        self._loaded = False
+        self.dirty = False  # written since the last fdatasync (fsync=batch)
+        self.closed = False
+        with self._locked():
+            pass  # opening = loading the checkpoint and replaying the log
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _open(self) -> None:
+        self._close_files()
+        try:
+            self._lock_fd = os.open(self.path / "lock", os.O_RDWR)
+        except FileNotFoundError:
+            raise StorageError(f"queue {self.name!r} vanished while opening it") from None
+        self._pid = os.getpid()
+        self.view = QueueView()
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Under the lock: start from the checkpoint (or the first segment) and replay."""
+        view = self._read_checkpoint()
+        if view is None:
+            view = QueueView()
+            first = self._oldest_segment()
+            view.position = view.cursor = (first, 0)
+        self.view = view
+        self._seg_starts = sorted((first, segno) for segno, first in view.segments.items())
+        self._loaded = True
+
+    def _read_checkpoint(self) -> QueueView | None:
+        try:
+            raw = (self.path / "checkpoint.json").read_bytes()
+            data = json.loads(raw)
+            view = QueueView.from_json(data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            self._quarantine_file(self.path / "checkpoint.json", f"unreadable checkpoint: {exc}")
+            return None
+        if not segment_path(self.log_dir, view.position[0]).exists():
+            return None  # stale checkpoint (should not happen): replay from what exists
+        return view
+
+    def _oldest_segment(self) -> int:
+        numbers = sorted(int(p.stem) for p in self.log_dir.glob("*.log") if p.stem.isdigit())
+        if not numbers:
+            raise CorruptionError(f"queue {self.name!r} has no log segment in {str(self.log_dir)!r}")
+        return numbers[0]
+
+    def _close_files(self) -> None:
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
+        if self._lock_fd >= 0 and self._pid == os.getpid():
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+        self._lock_fd = -1
+
+    def close(self) -> None:
+        with self._mutex:
+            if self.closed:
+                return
+            if self._pid == os.getpid() and self.dirty and self.fsync != "never":
+                self.flush_locked()
+            self.closed = True
+            self._close_files()
+
+    def flush_locked(self) -> None:
+        """fdatasync the current segment (caller holds ``_mutex`` or accepts a race)."""
+        seg = self._segments.get(self.view.position[0])
+        self.dirty = False
+        if seg is not None and seg.fd is not None:
+            try:
+                os.fdatasync(seg.fd)
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise StorageError(f"cannot sync {str(seg.path)!r}: {exc.strerror}") from None
+
+    # -- locking and syncing ------------------------------------------------------------
+    def _locked(self) -> _Guard:
+        """``with store._locked() as view:`` holds the queue lock with the view up to date."""
+        return self._guard
+
+    def _enter(self) -> QueueView:
+        self._mutex.acquire()
+        try:
+            if self.closed:
+                raise StorageError(f"queue {self.name!r} is closed")
+            if self._pid != os.getpid():
+                self._open()  # new process (fork): descriptors and flock are not ours
+            self._flock()
+        except BaseException:
+            self._mutex.release()
+            raise
+        try:
+            if not self._loaded:
+                self._load()
+            self._sync()
+        except BaseException:
+            self._exit()
+            raise
+        return self.view
+
+    def _exit(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _flock(self) -> None:
+        fd = self._lock_fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        # The holder keeps the lock for microseconds: yield first, then back off gently.
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.0
+        while True:
+            if delay:
+                time.sleep(delay)
+            else:
+                os.sched_yield()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"queue {self.name!r}: lock {str(self.path / 'lock')!r} not acquired within {self.lock_timeout}s"
+                )
+            delay = min(max(delay * 2, 0.00005), 0.002) if delay or random.random() < 0.25 else 0.0
+
+    def _segment(self, segno: int) -> Segment:
+        seg = self._segments.get(segno)
+        if seg is None:
+            seg = Segment(self.log_dir, segno)
+            self._segments[segno] = seg
+        return seg
+
+    def _sync(self) -> None:
+        """Apply every complete record after ``view.position``; cut a torn tail."""
+        try:
+            self._replay()
+        except FileNotFoundError:
+            # A segment we still had to read was deleted by another process's cleanup, which
+            # only happens after a newer checkpoint was written: restart from that.
+            self._load()
+            self._replay()
+
+    def _replay(self) -> None:
+        view = self.view
+        segno, off = view.position
+        seg = self._segment(segno)
+        mm = seg.mm
+        size = seg.size
+        applied = 0
+        while True:
+            if off + HEADER_SIZE > size:
+                break
+            try:
+                h = read_header(mm, off)
+            except ValueError:
+                self._cut_tail(seg, off, "bad record header")
+                break
+            if h is None:
+                break
+            if h.flags & Flag.CONTINUED:
+                group = self._read_group(seg, off)
+                if group is None:
+                    self._cut_tail(seg, off, "incomplete record group")
+                    break
+                for gh, goff in group:
+                    self._apply(gh, (segno, goff), mm)
+                off = group[-1][1] + HEADER_SIZE + group[-1][0].length
+                applied += off - group[0][1]
+                view.position = (segno, off)
+                continue
+            if not body_valid(mm, off, h):
+                self._cut_tail(seg, off, "torn or corrupt record")
+                break
+            self._apply(h, (segno, off), mm)
+            end = off + HEADER_SIZE + h.length
+            applied += end - off
+            if h.type == RecordType.SEAL:
+                segno, off = segno + 1, 0
+                view.position = (segno, 0)
+                seg = self._segment(segno)
+                mm, size = seg.mm, seg.size
+                continue
+            off = end
+            view.position = (segno, off)
+        self._since_checkpoint += applied
+
+    def _read_group(self, seg: Segment, off: int) -> list[tuple[Header, int]] | None:
+        out = []
+        while True:
+            if off + HEADER_SIZE > seg.size:
+                return None
+            try:
+                h = read_header(seg.mm, off)
+            except ValueError:
+                return None
+            if h is None or not body_valid(seg.mm, off, h):
+                return None
+            out.append((h, off))
+            if not h.flags & Flag.CONTINUED:
+                return out
+            off += HEADER_SIZE + h.length
+
+    def _apply(self, h: Header, loc: Loc, mm: Any) -> None:
+        self._limit = loc
+        start = loc[1] + HEADER_SIZE
+        body = memoryview(mm)[start : start + h.length] if h.length else memoryview(b"")
+        try:
+            self.view.apply(h, loc, body, self)
+        finally:
+            body.release()
+        if h.type == RecordType.SEGMENT:
+            bisect.insort(self._seg_starts, (h.seq, loc[0]))
+
+    def _cut_tail(self, seg: Segment, off: int, why: str) -> None:
+        """Quarantine and zero the bytes from ``off`` to the last written byte of ``seg``."""
+        later = segment_path(self.log_dir, seg.segno + 1)
+        if later.exists():
+            raise CorruptionError(
+                f"queue {self.name!r}: {why} at {str(seg.path)!r} offset {off}, before later segments"
+            )
+        data = bytes(seg.mm[off:]).rstrip(b"\x00")
+        if data:
+            qdir = self.path / "quarantine"
+            qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+            target = qdir / f"{seg.segno:010d}-{off}.bin"
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            seg.write(off, b"\x00" * len(data))
+            seg.sync()
+
+    def _quarantine_file(self, path: Path, why: str) -> None:
+        qdir = self.path / "quarantine"
+        qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        try:
+            os.replace(path, qdir / f"{path.name}.{int(time.time())}")
+        except OSError:
+            pass
+
+    # -- LogAccess (used by the view while applying) -------------------------------------
+    def ensure_head(self) -> None:
+        """Find the first pending stream message among the records applied so far."""
+        view = self.view
+        limit = self._limit
+        segno, off = view.cursor
+        holes = view.holes
+        blockers = Flag.DEFERRED | Flag.DISABLED
+        while (segno, off) < limit:
+            seg = self._segment(segno)
+            h = read_header(seg.mm, off)
+            if h is None:
+                break
+            if h.type == RecordType.SEAL:
+                segno, off = segno + 1, 0
+                continue
+            end = off + HEADER_SIZE + h.length
+            if h.type == RecordType.ADD and not h.flags & blockers:
+                if h.seq in holes:
+                    holes.discard(h.seq)
+                else:
+                    view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), (segno, end)
+                    view.cursor = (segno, off)
+                    return
+            off = end
+        view.cursor = (segno, off)
+
+    def locate(self, seq: int) -> Loc:
+        """Where the ADD record of stream message ``seq`` is."""
+        i = bisect.bisect_right(self._seg_starts, (seq, 1 << 62)) - 1
+        candidates = [segno for first, segno in self._seg_starts[: i + 1][::-1]] if i >= 0 else []
+        if not candidates:
+            candidates = sorted(self.view.segments, reverse=True)
+        for segno in candidates:
+            try:
+                seg = self._segment(segno)
+            except FileNotFoundError:
+                continue
+            off = seg.index_get(seq)
+            if off is not None:
+                h = read_header(seg.mm, off)
+                if h is not None and h.type == RecordType.ADD and h.seq == seq:
+                    return (segno, off)
+            found = self._scan_for(seg, seq)
+            if found is not None:
+                return (segno, found)
+        raise CorruptionError(f"queue {self.name!r}: the record of message #{seq} is missing from the log")
+
+    def _scan_for(self, seg: Segment, seq: int) -> int | None:
+        off = 0
+        while off + HEADER_SIZE <= seg.size:
+            h = read_header(seg.mm, off)
+            if h is None or h.type == RecordType.SEAL:
+                return None
+            if h.type == RecordType.ADD:
+                seg.index_put(h.seq, off)  # repair the hint on the way
+                if h.seq == seq:
+                    return off
+            off += HEADER_SIZE + h.length
+        return None
+
+    # -- writing ------------------------------------------------------------------------
+    def _append(self, records: list[bytes], add_seqs: Sequence[tuple[int, int]] = ()) -> Segment:
+        """Write ``records`` (one group) at the end of the log and apply them.
+
+        ``add_seqs`` lists (seq, offset within the group) of ADD records, for the index.
+        Returns the segment written, for an fsync outside the lock.
+        """
+        data = b"".join(records) if len(records) > 1 else records[0]
+        segno, off = self.view.position
+        seg = self._segment(segno)
+        if off + len(data) + len(_SEAL) > seg.size:
+            seg = self._roll(seg, off, len(data))
+            segno, off = self.view.position
+        seg.write(off, data)
+        for seq, rel in add_seqs:
+            seg.index_put(seq, off + rel)
+        if self.fsync == "batch":
+            self.dirty = True
+        self._replay()
+        if self._since_checkpoint > _CHECKPOINT_BYTES:
+            self._checkpoint()
+        return seg
+
+    def _roll(self, seg: Segment, off: int, need: int) -> Segment:
+        """Start segment N+1 and seal segment N; return the new segment."""
+        size = max(self.segment_size, need + 2 * HEADER_SIZE + len(_SEAL) + 4096)
+        size = (size + 4095) // 4096 * 4096
+        nxt = seg.segno + 1
+        head = encode(RecordType.SEGMENT, self.view.next_seq, ts=_now_ms())
+        create_segment(self.log_dir, nxt, size, self.view.next_seq, head, FILE_MODE)
+        if self.fsync == "always":
+            fsync_dir(self.log_dir)
+        stale = self._segments.pop(nxt, None)  # a leftover of a writer that died mid-roll
+        if stale is not None:
+            stale.close()
+        seg.write(off, _SEAL)
+        if self.fsync != "never":
+            seg.sync()
+        self._replay()  # applies SEAL and the new SEGMENT record
+        self._checkpoint()
+        return self._segment(self.view.position[0])
+
+    def sync_after_write(self, seg: Segment) -> None:
+        """The durability step after the lock is released (group commit for fsync=always)."""
+        if self.fsync == "always":
+            seg.sync()
+
+    # -- checkpoints and cleanup --------------------------------------------------------
+    def _checkpoint(self) -> None:
+        """Persist the view durably, then delete segments nothing needs any more."""
+        self._since_checkpoint = 0
+        data = json.dumps(self.view.to_json(), separators=(",", ":")).encode()
+        target = self.path / "checkpoint.json"
+        tmp = self.path / "checkpoint.json.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            fsync_dir(self.path)
+        except OSError:
+            return  # a checkpoint is an optimisation: the log is still complete
+        keep = min(self.view.live_segments(), self.view.position[0])
+        for segno in sorted(self.view.segments):
+            if segno >= keep:
+                break
+            seg = self._segments.pop(segno, None)
+            if seg is not None:
+                seg.close()
+            for suffix in (".log", ".idx"):
+                try:
+                    os.unlink(segment_path(self.log_dir, segno, suffix))
+                except FileNotFoundError:
+                    pass
+            del self.view.segments[segno]
+        self._seg_starts = [(f, n) for f, n in self._seg_starts if n >= keep]
+
+    # -- reading messages ---------------------------------------------------------------
+    def _read(self, loc: Loc) -> dict[str, Any]:
+        seg = self._segment(loc[0])
+        h = read_header(seg.mm, loc[1])
+        if h is None:
+            raise CorruptionError(f"queue {self.name!r}: no record at {loc}")
+        start = loc[1] + HEADER_SIZE
+        record: dict[str, Any] = json.loads(seg.mm[start : start + h.length])
+        return record
+
+    def _has_uuid(self, loc: Loc, uuid: str) -> bool:
+        """Whether the record at ``loc`` is message ``uuid`` (bodies start with {"uuid":"...")."""
+        start = loc[1] + HEADER_SIZE + 9
+        return self._segment(loc[0]).mm[start : start + 36] == uuid.encode("ascii", "replace")
+
+    def _message(self, loc: Loc, attempts: int) -> QueueMessage:
+        return QueueMessage.from_record(self._read(loc), attempts=attempts, queue=self.name)
+
+    def _pending_loc(self, seq: int) -> tuple[Loc, int, int] | None:
+        """(loc, state, attempts) of pending message ``seq``; state 0 means in the stream."""
+        view = self.view
+        e = view.entries.get(seq)
+        if e is not None:
+            return e.loc, e.state, e.attempts
+        self._limit = view.position
+        if view.in_stream(seq, self):
+            loc = view.updated.get(seq)
+            if loc is None:
+                loc = view.head_loc if seq == view.head_seq and view.head_loc else self.locate(seq)
+            return loc, 0, 0
+        return None
+
+    def _find_uuid(self, uuid: str) -> tuple[int, Loc, int, int, dict[str, Any]] | None:
+        seq = seq_of_uuid(uuid, self.view.uuid_key)
+        candidates = [seq] if seq is not None else []
+        foreign = self.view.foreign.get(uuid)
+        if foreign is not None:
+            candidates.append(foreign)
+        for s in candidates:
+            found = self._pending_loc(s)
+            if found is None:
+                continue
+            record = self._read(found[0])
+            if record.get("uuid") == uuid:
+                return s, found[0], found[1], found[2], record
+        return None
+
+    # -- operations ---------------------------------------------------------------------
+    def add(self, messages: list[QueueMessage], on_duplicate: str, *, keep_uuid: bool = False) -> list[str]:
+        """Append ``messages`` as one all-or-none group; see QueueManager.add_message."""
+        with self._locked() as view:
+            now = _now_ms()
+            seq = view.next_seq
+            items: list[tuple[int, int, bytes, int, int]] = []  # (type, seq, body, flags, due)
+            batch: dict[str, tuple[int, str, int]] = {}  # alias -> (seq, uuid, item) in this call
+            uuids: list[str] = []
+            for msg in messages:
+                data_json = encode_data(msg.data)
+                alias = msg.alias
+                target: tuple[int, str, int] | None = None  # replace this (seq, uuid, item|-1)
+                if alias is not None:
+                    prior = batch.get(alias)
+                    if prior is None and alias in view.alias_index:
+                        found = self._pending_loc(view.alias_index[alias])
+                        if found is not None:
+                            record = self._read(found[0])
+                            prior = (view.alias_index[alias], str(record.get("uuid")), -1)
+                            if found[1] != INFLIGHT:
+                                msg.inserted_at = from_epoch(record.get("inserted_at"))
+                                target = prior
+                    elif prior is not None:
+                        target = prior
+                    if prior is not None:
+                        if on_duplicate == "error":
+                            raise DuplicateAlias(
+                                f"queue {self.name!r} already has a pending message with alias {alias!r} "
+                                f"(uuid {prior[1]})",
+                                queue=self.name, alias=alias, uuid=prior[1],
+                            )
+                        if on_duplicate == "ignore":
+                            uuids.append(prior[1])
+                            continue
+                if target is not None:  # replace: same uuid, same place, new content
+                    msg.uuid = target[1]
+                    if msg.inserted_at is None:
+                        msg.inserted_at = from_epoch(now / 1000)
+                    kind = RecordType.UPDATE if target[2] < 0 else items[target[2]][0]
+                    item = (kind, target[0], _message_body(msg, data_json), _flags(msg), _due_ms(msg))
+                    if target[2] < 0:
+                        items.append(item)
+                        batch[alias] = (target[0], target[1], len(items) - 1)  # type: ignore[index]
+                    else:
+                        items[target[2]] = item
+                    uuids.append(target[1])
+                    continue
+                # a kept uuid is indexed unless it happens to decode to the seq it gets here
+                foreign = keep_uuid and bool(msg.uuid) and seq_of_uuid(msg.uuid or "", view.uuid_key) != seq
+                if not (keep_uuid and msg.uuid):
+                    msg.uuid = mint_uuid(seq, view.uuid_key)
+                if not (keep_uuid and msg.inserted_at):
+                    msg.inserted_at = from_epoch(now / 1000)
+                flags = _flags(msg) | (Flag.FOREIGN_UUID if foreign else 0)
+                items.append((RecordType.ADD, seq, _message_body(msg, data_json), flags, _due_ms(msg)))
+                if alias is not None:
+                    batch[alias] = (seq, msg.uuid, len(items) - 1)
+                uuids.append(msg.uuid)
+                seq += 1
+            if not items:
+                return uuids
+            records: list[bytes] = []
+            adds: list[tuple[int, int]] = []
+            size = 0
+            last = len(items) - 1
+            for i, (kind, s, body, flags, due) in enumerate(items):
+                rec = encode(kind, s, body, flags=flags | (Flag.CONTINUED if i < last else 0), arg=due, ts=now)
+                if kind == RecordType.ADD:
+                    adds.append((s, size))
+                records.append(rec)
+                size += len(rec)
+            seg = self._append(records, adds)
+        self.sync_after_write(seg)
+        return uuids
+
+    def _update_record(self, seq: int, msg: QueueMessage, now: int) -> bytes:
+        body = _message_body(msg, encode_data(msg.data))
+        return encode(RecordType.UPDATE, seq, body, flags=_flags(msg), arg=_due_ms(msg), ts=now)
+
+    def _pick(self, now: int) -> tuple[int, Loc, int] | None:
+        view = self.view
+        view.promote_due(now)
+        e = view.first_due()
+        if view.head_loc is None:
+            self._limit = view.position
+            self.ensure_head()
+        if view.head_loc is not None and (e is None or view.head_seq < e.seq):
+            return view.head_seq, view.updated.get(view.head_seq, view.head_loc), 0
+        if e is not None:
+            return e.seq, e.loc, e.attempts
+        return None
+
+    def _reap(self, now: int) -> None:
+        """Make expired leases, and leases of dead processes, eligible again."""
+        view = self.view
+        if not view.n_inflight:
+            return
+        expired = view.expired_leases(now)
+        mono = time.monotonic()
+        if mono - self._last_holder_check > _HOLDER_CHECK_INTERVAL:
+            self._last_holder_check = mono
+            alive: dict[str, bool] = {}
+            for e in view.entries.values():
+                if e.state == INFLIGHT and e.seq not in expired and e.holder:
+                    if e.holder not in alive:
+                        pid = int(e.holder.split(":", 1)[0])
+                        alive[e.holder] = _process_token(pid) == e.holder
+                    if not alive[e.holder]:
+                        expired.append(e.seq)
+        if expired:
+            last = len(expired) - 1
+            self._append(
+                [encode(RecordType.EXPIRE, s, flags=Flag.CONTINUED if i < last else 0, ts=now) for i, s in enumerate(expired)]
+            )
+
+    def get(self) -> QueueMessage | None:
+        with self._locked():
+            now = _now_ms()
+            self._reap(now)
+            picked = self._pick(now)
+            if picked is None:
+                return None
+            seq, loc, attempts = picked
+            msg = self._message(loc, attempts)
+            seg = self._append([encode(RecordType.TAKE, seq, ts=now)])
+        self.sync_after_write(seg)
+        return msg
+
+    def reserve(self, lease: float) -> QueueMessage | None:
+        with self._locked():
+            now = _now_ms()
+            self._reap(now)
+            picked = self._pick(now)
+            if picked is None:
+                return None
+            seq, loc, attempts = picked
+            msg = self._message(loc, attempts + 1)
+            holder = _own_process_token()
+            deadline = now + max(1, int(lease * 1000))
+            seg = self._append([encode(RecordType.RESERVE, seq, holder.encode(), arg=deadline, ts=now)])
+        self.sync_after_write(seg)
+        return msg
+
+    def _inflight(self, uuid: str, attempt: int | None) -> Entry:
+        seq = seq_of_uuid(uuid, self.view.uuid_key)
+        e = self.view.entries.get(seq) if seq is not None else None
+        if e is None or e.state != INFLIGHT:
+            f = self.view.foreign.get(uuid)
+            e = self.view.entries.get(f) if f is not None else None
+        if e is None or e.state != INFLIGHT or (attempt is not None and e.attempts != attempt):
+            raise LeaseLost(
+                f"queue {self.name!r}: message {uuid} is not reserved"
+                + ("" if attempt is None else f" by attempt {attempt}")
+                + " (its lease expired, or it was acked or released)"
+            )
+        if not self._has_uuid(e.loc, uuid):
+            raise LeaseLost(f"queue {self.name!r}: message {uuid} is not reserved")
+        return e
+
+    def ack(self, uuid: str, attempt: int | None) -> None:
+        with self._locked():
+            e = self._inflight(uuid, attempt)
+            seg = self._append([encode(RecordType.ACK, e.seq, ts=_now_ms())])
+        self.sync_after_write(seg)
+
+    def release(self, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
+        with self._locked():
+            e = self._inflight(uuid, attempt)
+            now = _now_ms()
+            due = now + int(delay * 1000) if delay > 0 else 0
+            body = (error or "")[:4000].encode("utf-8", "replace")
+            seg = self._append([encode(RecordType.RELEASE, e.seq, body, arg=due, ts=now)])
+        self.sync_after_write(seg)
+
+    def status(self) -> QueueStatus:
+        with self._locked() as view:
+            now = _now_ms()
+            ready, deferred, disabled, in_flight = view.counts(now)
+            inserted = None
+            if view.last_add is not None:
+                try:
+                    rec = self._read(view.last_add)
+                    inserted = MessageRef(rec.get("uuid"), rec.get("alias"), from_epoch(rec.get("inserted_at")))
+                except (FileNotFoundError, StorageError, ValueError):
+                    inserted = None
+            return QueueStatus(
+                queue=self.name,
+                last_message_inserted=inserted,
+                last_message_processed=MessageRef.from_record(view.last_processed),
+                last_queue_modify_time=from_epoch(view.last_ts / 1000) if view.last_ts else None,
+                messages_to_process=ready + deferred + in_flight,
+                ready=ready,
+                deferred=deferred,
+                disabled=disabled,
+                in_flight=in_flight,
+                custom_attributes=dict(view.custom),
+            )
+
+    def set_custom(self, attributes: dict[str, Any], replace: bool) -> dict[str, Any]:
+        with self._locked() as view:
+            body = json.dumps({"custom": attributes, "replace": replace}).encode()
+            seg = self._append([encode(RecordType.STATUS, 0, body, ts=_now_ms())])
+            result = dict(view.custom)
+        self.sync_after_write(seg)
+        return result
+
+    def set_last_processed(self, uuid: str | None, alias: str | None) -> None:
+        with self._locked():
+            now = _now_ms()
+            body = json.dumps({"processed": {"uuid": uuid, "alias": alias, "timestamp": now / 1000}}).encode()
+            seg = self._append([encode(RecordType.STATUS, 0, body, ts=now)])
+        self.sync_after_write(seg)
+
+    def find(self, flt: Any, limit: int | None) -> list[QueueMessage]:
+        with self._locked() as view:
+            if flt.uuid is not None or flt.alias is not None:
+                return self._find_indexed(flt, limit)
+            out: list[QueueMessage] = []
+            if limit == 0:
+                return out
+            entries = sorted(view.entries.values(), key=lambda e: e.seq)
+            ei = 0
+            for seq, loc in self._iter_stream():
+                while ei < len(entries) and entries[ei].seq < seq:
+                    if self._collect(entries[ei].loc, entries[ei].attempts, flt, out, limit):
+                        return out
+                    ei += 1
+                if self._collect(loc, 0, flt, out, limit):
+                    return out
+            for e in entries[ei:]:
+                if self._collect(e.loc, e.attempts, flt, out, limit):
+                    return out
+            return out
+
+    def _collect(self, loc: Loc, attempts: int, flt: Any, out: list[QueueMessage], limit: int | None) -> bool:
+        record = self._read(loc)
+        if flt.matches(record):
+            out.append(QueueMessage.from_record(record, attempts=attempts, queue=self.name))
+        return limit is not None and len(out) >= limit
+
+    def _find_indexed(self, flt: Any, limit: int | None) -> list[QueueMessage]:
+        found: tuple[Loc, int] | None = None
+        if flt.uuid is not None:
+            hit = self._find_uuid(flt.uuid)
+            found = None if hit is None else (hit[1], hit[3])
+        else:
+            seq = self.view.alias_index.get(flt.alias)
+            p = None if seq is None else self._pending_loc(seq)
+            found = None if p is None else (p[0], p[2])
+        out: list[QueueMessage] = []
+        if found is not None and limit != 0:
+            self._collect(found[0], found[1], flt, out, limit)
+        return out
+
+    def _iter_stream(self) -> Iterator[tuple[int, Loc]]:
+        """(seq, loc of newest body) of every pending stream message, in order."""
+        view = self.view
+        self._limit = view.position
+        self.ensure_head()
+        segno, off = view.cursor
+        blockers = Flag.DEFERRED | Flag.DISABLED
+        while (segno, off) < view.position:
+            h = read_header(self._segment(segno).mm, off)
+            if h is None:
+                break
+            if h.type == RecordType.SEAL:
+                segno, off = segno + 1, 0
+                continue
+            if h.type == RecordType.ADD and not h.flags & blockers and h.seq not in view.holes:
+                if h.seq not in view.entries:
+                    yield h.seq, view.updated.get(h.seq, (segno, off))
+            off += HEADER_SIZE + h.length
+
+    def update(self, msg: QueueMessage) -> None:
+        assert msg.uuid is not None
+        with self._locked() as view:
+            hit = self._find_uuid(msg.uuid)
+            if hit is None:
+                raise MessageNotFound(f"queue {self.name!r} has no pending message with uuid {msg.uuid}")
+            seq, _loc, state, attempts, record = hit
+            if state == INFLIGHT:
+                raise MessageInFlight(f"queue {self.name!r}: message {msg.uuid} is reserved by a consumer")
+            if msg.alias is not None:
+                owner = view.alias_index.get(msg.alias)
+                if owner is not None and owner != seq:
+                    raise DuplicateAlias(
+                        f"queue {self.name!r} already has a pending message with alias {msg.alias!r}",
+                        queue=self.name, alias=msg.alias, uuid=str(self._read(self._pending_loc(owner)[0]).get("uuid")),  # type: ignore[index]
+                    )
+            msg.inserted_at = from_epoch(record.get("inserted_at"))
+            msg.attempts = attempts
+            seg = self._append([self._update_record(seq, msg, _now_ms())])
+        self.sync_after_write(seg)
+
+    def remove(self, uuid: str) -> bool:
+        with self._locked():
+            hit = self._find_uuid(uuid)
+            if hit is None:
+                return False
+            if hit[2] == INFLIGHT:
+                raise MessageInFlight(f"queue {self.name!r}: message {uuid} is reserved by a consumer")
+            seg = self._append([encode(RecordType.REMOVE, hit[0], ts=_now_ms())])
+        self.sync_after_write(seg)
+        return True
+
+    def mark_destroyed(self) -> None:
+        with self._locked():
+            self._append([encode(RecordType.DESTROYED, 0, ts=_now_ms())])
+            self.flush_locked()
+
+
+def _flags(msg: QueueMessage) -> int:
+    flags = 0
+    if msg.execution_mode is ExecutionMode.DEFERRED:
+        flags |= Flag.DEFERRED
+    if msg.disabled:
+        flags |= Flag.DISABLED
+    if msg.alias is not None:
+        flags |= Flag.ALIAS
+    return flags
+
+
+def _due_ms(msg: QueueMessage) -> int:
+    if msg.deferred_until is None:
+        return 0
+    return max(1, int(msg.deferred_until.timestamp() * 1000))
+
+
+_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _opt_str(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
+
+def _message_body(msg: QueueMessage, data_json: str) -> bytes:
+    """The stored form of ``msg`` (QueueMessage.to_record as JSON), built without a dict."""
+    deferred = "null" if msg.deferred_until is None else repr(msg.deferred_until.timestamp())
+    inserted = "null" if msg.inserted_at is None else repr(msg.inserted_at.timestamp())
+    return (
+        f'{{"uuid":{_opt_str(msg.uuid)},"alias":{_opt_str(msg.alias)},"retries":{msg.retries},'
+        f'"execution_mode":"{msg.execution_mode.value}","deferred_until":{deferred},'
+        f'"disabled":{"true" if msg.disabled else "false"},"username":{_opt_str(msg.username)},'
+        f'"inserted_at":{inserted},"data":{data_json}}}'
+    ).encode("utf-8")

@@ -1,0 +1,385 @@
+"""The in-memory view of one queue, derived deterministically from its log.
+
+Every process applies the same records in the same order, so every process holds the same
+view; a process brings its view up to date under the queue lock before each operation.
+
+Memory is proportional to the messages that are *not* plain ready messages (deferred,
+disabled, in flight, redelivered, updated) and to aliases; plain ready messages cost nothing:
+they are the **stream**, the ADD records after ``cursor`` in log order, and are read from
+the log when they reach the head.
+
+State of a message ``seq``:
+
+* in the stream: ``seq < next_seq``, not in ``entries``, not in ``holes``, at/after the cursor;
+* in ``entries`` as WAITING (eligible once ``due`` passed; due 0 means now), DISABLED or
+  INFLIGHT (reserved until ``deadline``);
+* gone (taken, acked, removed).
+
+``holes`` holds stream seqs removed out of order; the cursor drops them as it passes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from typing import Any, Protocol
+
+from .records import Flag, Header, RecordType
+
+__all__ = ["Entry", "QueueView", "Loc", "WAITING", "DISABLED", "INFLIGHT"]
+
+Loc = tuple[int, int]  # (segment number, offset of the record)
+
+WAITING, DISABLED, INFLIGHT = 1, 2, 3
+_STREAM_BLOCKERS = Flag.DEFERRED | Flag.DISABLED
+
+
+class LogAccess(Protocol):
+    """What the view needs from the log while applying a record."""
+
+    def ensure_head(self) -> None:
+        """Find the first pending stream message among the records applied so far."""
+
+    def locate(self, seq: int) -> Loc:
+        """The loc of the ADD record of stream message ``seq``."""
+        ...
+
+
+class Entry:
+    """A message outside the stream."""
+
+    __slots__ = ("seq", "state", "loc", "due", "attempts", "deadline", "holder", "version", "in_due")
+
+    def __init__(self, seq: int, state: int, loc: Loc, due: int = 0, attempts: int = 0) -> None:
+        self.seq = seq
+        self.state = state
+        self.loc = loc
+        self.due = due
+        self.attempts = attempts
+        self.deadline = 0
+        self.holder = ""
+        self.version = 0
+        self.in_due = False
+
+    def to_list(self) -> list[Any]:
+        return [self.seq, self.state, self.loc[0], self.loc[1], self.due, self.attempts, self.deadline, self.holder]
+
+    @classmethod
+    def from_list(cls, row: list[Any]) -> Entry:
+        e = cls(row[0], row[1], (row[2], row[3]), row[4], row[5])
+        e.deadline, e.holder = row[6], row[7]
+        return e
+
+
+class QueueView:
+    """State of one queue at a log position. See the module docstring."""
+
+    def __init__(self) -> None:
+        self.position: Loc = (1, 0)  # next record to apply
+        self.cursor: Loc = (1, 0)  # stream cursor: no pending stream message before it
+        self.next_seq = 1
+        self.stream_count = 0
+        self.entries: dict[int, Entry] = {}
+        self.holes: set[int] = set()
+        self.updated: dict[int, Loc] = {}  # stream seq -> loc of its newest body
+        self.alias_index: dict[str, int] = {}
+        self.alias_of: dict[int, str] = {}
+        self.foreign: dict[str, int] = {}  # uuid not minted here -> seq
+        self.foreign_of: dict[int, str] = {}
+        self.segments: dict[int, int] = {}  # segno -> first seq
+        self.custom: dict[str, Any] = {}
+        self.created_at = 0
+        self.uuid_key = 0  # masks the seq in minted uuids (random per queue)
+        self.last_add: Loc | None = None
+        self.last_processed: dict[str, Any] | None = None
+        self.last_ts = 0
+        self.destroyed = False
+        # counts of entries by state (WAITING split into due / deferred lazily)
+        self.n_waiting = 0
+        self.n_due = 0
+        self.n_disabled = 0
+        self.n_inflight = 0
+        # heaps, validated lazily against entry.version
+        self.deferred_heap: list[tuple[int, int, int]] = []  # (due, seq, version)
+        self.due_heap: list[tuple[int, int]] = []  # (seq, version)
+        self.lease_heap: list[tuple[int, int, int]] = []  # (deadline, seq, version)
+        # head cache: the first pending stream message, found by scanning from the cursor
+        self.head_seq = 0
+        self.head_loc: Loc | None = None
+        self.head_end: Loc | None = None  # position right after the head record
+
+    # -- serialization (checkpoints) ----------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "position": list(self.position),
+            "cursor": list(self.cursor),
+            "next_seq": self.next_seq,
+            "stream_count": self.stream_count,
+            "entries": [e.to_list() for e in self.entries.values()],
+            "holes": sorted(self.holes),
+            "updated": [[s, loc[0], loc[1]] for s, loc in self.updated.items()],
+            "alias_of": [[s, a] for s, a in self.alias_of.items()],
+            "foreign_of": [[s, u] for s, u in self.foreign_of.items()],
+            "segments": [[n, f] for n, f in self.segments.items()],
+            "custom": self.custom,
+            "created_at": self.created_at,
+            "uuid_key": self.uuid_key,
+            "last_add": None if self.last_add is None else list(self.last_add),
+            "last_processed": self.last_processed,
+            "last_ts": self.last_ts,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueueView:
+        v = cls()
+        v.position = tuple(data["position"])  # type: ignore[assignment]
+        v.cursor = tuple(data["cursor"])  # type: ignore[assignment]
+        v.next_seq = data["next_seq"]
+        v.stream_count = data["stream_count"]
+        for row in data["entries"]:
+            v._put_entry(Entry.from_list(row))
+        v.holes = set(data["holes"])
+        v.updated = {s: (a, b) for s, a, b in data["updated"]}
+        for s, a in data["alias_of"]:
+            v.alias_of[s] = a
+            v.alias_index[a] = s
+        for s, u in data["foreign_of"]:
+            v.foreign_of[s] = u
+            v.foreign[u] = s
+        v.segments = {n: f for n, f in data["segments"]}
+        v.custom = data["custom"]
+        v.created_at = data["created_at"]
+        v.uuid_key = data["uuid_key"]
+        v.last_add = None if data["last_add"] is None else tuple(data["last_add"])  # type: ignore[assignment]
+        v.last_processed = data["last_processed"]
+        v.last_ts = data["last_ts"]
+        return v
+
+    # -- entry bookkeeping --------------------------------------------------------------
+    def _put_entry(self, e: Entry) -> None:
+        self.entries[e.seq] = e
+        self._count(e, +1)
+        self._index(e)
+
+    def _count(self, e: Entry, sign: int) -> None:
+        if e.state == WAITING:
+            self.n_waiting += sign
+            if e.in_due:
+                self.n_due += sign
+        elif e.state == DISABLED:
+            self.n_disabled += sign
+        else:
+            self.n_inflight += sign
+
+    def _index(self, e: Entry) -> None:
+        e.version += 1
+        if e.state == WAITING:
+            if e.due == 0:
+                e.in_due = True
+                self.n_due += 1
+                heapq.heappush(self.due_heap, (e.seq, e.version))
+            else:
+                heapq.heappush(self.deferred_heap, (e.due, e.seq, e.version))
+        elif e.state == INFLIGHT:
+            heapq.heappush(self.lease_heap, (e.deadline, e.seq, e.version))
+
+    def _change(self, e: Entry, state: int, **fields: Any) -> None:
+        self._count(e, -1)
+        e.in_due = False
+        e.state = state
+        for name, value in fields.items():
+            setattr(e, name, value)
+        self._count(e, +1)
+        self._index(e)
+
+    def _drop_entry(self, e: Entry) -> None:
+        self._count(e, -1)
+        e.version += 1  # invalidates heap items
+        del self.entries[e.seq]
+
+    # -- queries ------------------------------------------------------------------------
+    def in_stream(self, seq: int, log: LogAccess) -> bool:
+        """True when ``seq`` is a pending stream message (finds the head if needed)."""
+        if seq in self.entries or seq in self.holes or not 0 < seq < self.next_seq:
+            return False
+        if self.head_loc is None:
+            log.ensure_head()
+        return self.head_loc is not None and seq >= self.head_seq
+
+    def promote_due(self, now_ms: int) -> None:
+        """Move deferred entries whose time has come to the due heap (a local cache step)."""
+        heap = self.deferred_heap
+        while heap and heap[0][0] <= now_ms:
+            due, seq, version = heapq.heappop(heap)
+            e = self.entries.get(seq)
+            if e is None or e.version != version or e.state != WAITING:
+                continue
+            e.in_due = True
+            self.n_due += 1
+            heapq.heappush(self.due_heap, (seq, version))
+
+    def first_due(self) -> Entry | None:
+        heap = self.due_heap
+        while heap:
+            seq, version = heap[0]
+            e = self.entries.get(seq)
+            if e is not None and e.version == version and e.state == WAITING:
+                return e
+            heapq.heappop(heap)
+        return None
+
+    def expired_leases(self, now_ms: int) -> list[int]:
+        out = []
+        for deadline, seq, version in self.lease_heap:
+            if deadline > now_ms:
+                continue
+            e = self.entries.get(seq)
+            if e is not None and e.version == version and e.state == INFLIGHT:
+                out.append(seq)
+        # drop stale items at the top so the heap does not grow with acked leases
+        heap = self.lease_heap
+        while heap:
+            _, seq, version = heap[0]
+            e = self.entries.get(seq)
+            if e is not None and e.version == version and e.state == INFLIGHT:
+                break
+            heapq.heappop(heap)
+        return out
+
+    def counts(self, now_ms: int) -> tuple[int, int, int, int]:
+        """(ready, deferred, disabled, in_flight) at ``now_ms``."""
+        self.promote_due(now_ms)
+        ready = self.stream_count + self.n_due
+        return ready, self.n_waiting - self.n_due, self.n_disabled, self.n_inflight
+
+    # -- applying records ---------------------------------------------------------------
+    def leave_stream(self, seq: int) -> None:
+        """``seq`` (a stream message) is no longer in the stream."""
+        self.stream_count -= 1
+        if self.head_loc is not None and seq == self.head_seq:
+            assert self.head_end is not None
+            self.cursor = self.head_end
+            self.head_loc = self.head_end = None
+        else:
+            self.holes.add(seq)
+        self.updated.pop(seq, None)
+
+    def forget(self, seq: int) -> None:
+        """``seq`` is gone for good: drop its alias and foreign uuid."""
+        alias = self.alias_of.pop(seq, None)
+        if alias is not None and self.alias_index.get(alias) == seq:
+            del self.alias_index[alias]
+        uuid = self.foreign_of.pop(seq, None)
+        if uuid is not None:
+            self.foreign.pop(uuid, None)
+
+    def apply(self, h: Header, loc: Loc, body: memoryview, log: LogAccess) -> None:
+        """Apply one valid record found at ``loc`` (every record before it is applied)."""
+        t = h.type
+        seq = h.seq
+        self.last_ts = max(self.last_ts, h.ts)
+        if t == RecordType.ADD:
+            self.next_seq = max(self.next_seq, seq + 1)
+            self.last_add = loc
+            flags = h.flags
+            if flags & Flag.ALIAS or flags & Flag.FOREIGN_UUID:
+                self._index_names(seq, body, flags)
+            if flags & _STREAM_BLOCKERS:
+                state = DISABLED if flags & Flag.DISABLED else WAITING
+                self._put_entry(Entry(seq, state, loc, due=h.arg))
+            else:
+                self.stream_count += 1
+            return
+        if t in (RecordType.TAKE, RecordType.REMOVE, RecordType.ACK):
+            e = self.entries.get(seq)
+            if e is not None:
+                self._drop_entry(e)
+            elif self.in_stream(seq, log):
+                self.leave_stream(seq)
+            self.forget(seq)
+            return
+        if t == RecordType.RESERVE:
+            e = self.entries.get(seq)
+            if e is None:
+                if not self.in_stream(seq, log):
+                    return
+                head_loc = self.head_loc if self.head_seq == seq else None
+                src = self.updated.get(seq) or head_loc or log.locate(seq)
+                self.leave_stream(seq)
+                e = Entry(seq, WAITING, src)
+                self._put_entry(e)
+            self._change(e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1)
+            return
+        if t in (RecordType.RELEASE, RecordType.EXPIRE):
+            e = self.entries.get(seq)
+            if e is not None and e.state == INFLIGHT:
+                self._change(e, WAITING, due=h.arg if t == RecordType.RELEASE else 0, deadline=0, holder="")
+            return
+        if t == RecordType.UPDATE:
+            self._apply_update(h, loc, body, log)
+            return
+        if t == RecordType.STATUS:
+            change = json.loads(bytes(body))
+            if "processed" in change:
+                self.last_processed = change["processed"]
+            if "custom" in change:
+                if change.get("replace"):
+                    self.custom = dict(change["custom"])
+                else:
+                    self.custom.update(change["custom"])
+            return
+        if t == RecordType.SEGMENT:
+            self.segments[loc[0]] = seq
+            return
+        if t == RecordType.CREATE:
+            created = json.loads(bytes(body))
+            self.created_at = h.ts
+            self.custom = dict(created.get("attributes") or {})
+            self.uuid_key = int(created.get("uuid_key") or 0)
+            return
+        if t == RecordType.DESTROYED:
+            self.destroyed = True
+
+    def _index_names(self, seq: int, body: memoryview, flags: int) -> None:
+        record = json.loads(bytes(body))
+        if flags & Flag.ALIAS and record.get("alias") is not None:
+            self.alias_of[seq] = record["alias"]
+            self.alias_index[record["alias"]] = seq
+        if flags & Flag.FOREIGN_UUID:
+            self.foreign_of[seq] = record["uuid"]
+            self.foreign[record["uuid"]] = seq
+
+    def _apply_update(self, h: Header, loc: Loc, body: memoryview, log: LogAccess) -> None:
+        seq, flags = h.seq, h.flags
+        e = self.entries.get(seq)
+        if e is None and not self.in_stream(seq, log):
+            return
+        old_alias = self.alias_of.pop(seq, None)
+        if old_alias is not None and self.alias_index.get(old_alias) == seq:
+            del self.alias_index[old_alias]
+        if flags & Flag.ALIAS:
+            self._index_names(seq, body, flags & Flag.ALIAS)
+        if e is None:  # in the stream
+            if flags & _STREAM_BLOCKERS:
+                self.leave_stream(seq)
+                state = DISABLED if flags & Flag.DISABLED else WAITING
+                self._put_entry(Entry(seq, state, loc, due=h.arg))
+            else:
+                self.updated[seq] = loc
+            return
+        if e.state == INFLIGHT:  # writers refuse this; keep the body for the next delivery
+            e.loc = loc
+            return
+        state = DISABLED if flags & Flag.DISABLED else WAITING
+        self._change(e, state, loc=loc, due=h.arg if flags & Flag.DEFERRED else 0)
+
+    def live_segments(self) -> int:
+        """The oldest segment number any pending message or the stream still needs."""
+        low = self.cursor[0]
+        for e in self.entries.values():
+            low = min(low, e.loc[0])
+        for loc in self.updated.values():
+            low = min(low, loc[0])
+        if self.last_add is not None:
+            low = min(low, self.last_add[0])
+        return low

@@ -1,0 +1,216 @@
+"""Configuration: one place that reads ``config.ini``, the environment and keyword overrides.
+
+Lookup order for the file (the first that exists wins):
+
+1. the ``config`` argument / ``qengine --config PATH`` (must exist);
+2. the ``QENGINE_CONFIG`` environment variable (must exist);
+3. ``./config.ini``;
+4. ``<platformdirs user config dir>/qengine/config.ini``;
+5. ``/etc/qengine/config.ini``.
+
+No file at all is fine: every key has a default. Keyword settings (snake_case, e.g.
+``cache_root=...``) override the file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigurationError
+
+__all__ = ["Config", "load_config", "find_config_file", "FSYNC_MODES", "QUEUE_TYPES"]
+
+APP_NAME = "qengine"
+ENV_VAR = "QENGINE_CONFIG"
+FSYNC_MODES = ("always", "batch", "never")
+#: Queue types the factory knows; ``cache`` is the original's name for the file backend.
+QUEUE_TYPES = ("file", "cache")
+
+
+def _default_cache_root() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def _parse_bool(key: str, raw: str, source: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a boolean (use true/false)")
+
+
+def _parse_float(key: str, raw: str, source: str, *, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a number") from None
+    if not value >= minimum or value != value or value in (float("inf"),):
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} must be a finite number >= {minimum}")
+    return value
+
+
+def _parse_int(key: str, raw: str, source: str, *, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} must be >= {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved settings. Build it with :func:`load_config`; it is immutable."""
+
+    queue_type: str = "file"
+    cache_root: Path = field(default_factory=_default_cache_root)
+    #: ``always``: fsync every write before returning; ``batch``: a background flush every
+    #: ``fsync_interval`` seconds; ``never``: leave it to the OS. See docs/DURABILITY in README.
+    fsync: str = "batch"
+    fsync_interval: float = 1.0
+    #: Seconds to wait for a queue lock before raising LockTimeout.
+    lock_timeout: float = 30.0
+    #: Bytes after which the file backend starts a new log segment.
+    segment_size: int = 16 * 1024 * 1024
+    #: Default lease, in seconds, for ``reserve`` when the caller gives none.
+    lease: float = 300.0
+    #: The file the settings came from (None: defaults only).
+    source: Path | None = None
+    #: The whole parsed file, for sections later features read.
+    parser: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, compare=False, repr=False)
+
+    def with_overrides(self, **settings: Any) -> Config:
+        """A copy with keyword settings applied and validated."""
+        known = {f.name for f in fields(self)} - {"source", "parser"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        raw = {k: (v if not isinstance(v, (str, int, float, bool, Path)) else str(v)) for k, v in settings.items()}
+        values = _convert(raw, "keyword settings")
+        return replace(self, **values)
+
+
+# ini key (as written, camelCase) -> (field name, converter)
+def _keys() -> dict[str, tuple[str, Callable[[str, str, str], Any]]]:
+    return {
+        "queueType": ("queue_type", _conv_queue_type),
+        "cacheRoot": ("cache_root", lambda k, v, s: _conv_path(k, v, s)),
+        "fsync": ("fsync", _conv_fsync),
+        "fsyncInterval": ("fsync_interval", lambda k, v, s: _parse_float(k, v, s, minimum=0.001)),
+        "lockTimeout": ("lock_timeout", lambda k, v, s: _parse_float(k, v, s, minimum=0.0)),
+        "segmentSize": ("segment_size", lambda k, v, s: _parse_int(k, v, s, minimum=64 * 1024)),
+        "lease": ("lease", lambda k, v, s: _parse_float(k, v, s, minimum=0.001)),
+    }
+
+
+def _conv_queue_type(key: str, raw: str, source: str) -> str:
+    value = raw.strip().lower()
+    from .factory import QueueFactory  # the factory owns the registry of backends
+
+    valid = QueueFactory.queue_types()
+    if value not in valid:
+        raise ConfigurationError(
+            f"{source}: [queue] {key} = {raw!r} is not a known queue type; valid: {', '.join(valid)}"
+        )
+    return value
+
+
+def _conv_fsync(key: str, raw: str, source: str) -> str:
+    value = raw.strip().lower()
+    if value not in FSYNC_MODES:
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r}; valid: {', '.join(FSYNC_MODES)}")
+    return value
+
+
+def _conv_path(key: str, raw: str, source: str) -> Path:
+    value = raw.strip()
+    if not value or "\x00" in value:
+        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a usable path")
+    return Path(os.path.expanduser(os.path.expandvars(value)))
+
+
+def _convert(raw: Mapping[str, str], source: str, *, base_dir: Path | None = None) -> dict[str, Any]:
+    by_field = {name: (key, conv) for key, (name, conv) in _keys().items()}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        key, conv = by_field[name]
+        out[name] = conv(key, value, source)
+        if name == "cache_root" and base_dir is not None and not out[name].is_absolute():
+            out[name] = (base_dir / out[name]).resolve()  # relative to the config file
+    return out
+
+
+def find_config_file(config: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to use under the lookup order, or None when there is none."""
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigurationError(f"config file {str(path)!r} does not exist")
+        return path
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigurationError(f"{ENV_VAR}={env!r} names a config file that does not exist")
+        return path
+    for candidate in (
+        Path("config.ini"),
+        Path(platformdirs.user_config_dir(APP_NAME)) / "config.ini",
+        Path("/etc") / APP_NAME / "config.ini",
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(config: str | os.PathLike[str] | Config | None = None, **settings: Any) -> Config:
+    """Resolve the configuration (file, then keyword overrides) and validate every value.
+
+    Raises :class:`ConfigurationError` naming the key and the file for a bad value, and
+    listing the valid keys for an unknown one.
+    """
+    if isinstance(config, Config):
+        return config.with_overrides(**settings) if settings else config
+    path = find_config_file(config)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep camelCase keys
+    base = Config()
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                parser.read_file(fh, source=source)
+        except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+            raise ConfigurationError(f"{source}: cannot read config: {str(exc).splitlines()[0]}") from None
+        raw: dict[str, str] = {}
+        if parser.has_section("queue"):
+            keys = _keys()
+            lower = {k.lower(): k for k in keys}
+            for key, value in parser.items("queue"):
+                canonical = lower.get(key.lower())
+                if canonical is None:
+                    if key.lower() in _LATER_KEYS:
+                        continue  # read by the features that own them
+                    raise ConfigurationError(
+                        f"{source}: unknown key [queue] {key}; valid: {', '.join(sorted(keys) + sorted(_LATER_KEYS_CASED))}"
+                    )
+                raw[keys[canonical][0]] = value
+        values = _convert(raw, source, base_dir=path.resolve().parent)
+        base = replace(base, source=path.resolve(), parser=parser, **values)
+    return base.with_overrides(**settings) if settings else base
+
+
+# Keys that belong to [queue] but are read by other modules (workers, hooks, ...).
+_LATER_KEYS_CASED: tuple[str, ...] = ()
+_LATER_KEYS = {k.lower() for k in _LATER_KEYS_CASED}

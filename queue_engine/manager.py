@@ -1,0 +1,325 @@
+"""The queue manager contract. Every backend subclasses :class:`QueueManager`.
+
+Public methods validate their arguments, record the last failure for
+:meth:`QueueManager.get_last_error`, and delegate to the ``_``-prefixed primitives a backend
+implements. A backend promises, for every queue:
+
+* FIFO: ``get_message``/``reserve`` hand out the eligible message with the lowest insertion
+  order. Eligible means not disabled, not in flight, and due (``deferred_until`` passed).
+* Exactly one consumer receives each message, except for redelivery after a lease expired or
+  its holder died (at-least-once for ``reserve``; ``get_message`` removes at once).
+* An alias is unique among the queue's pending messages (ready, deferred, disabled or in flight).
+* A message whose ``add_message`` returned is not lost by a crash of any process.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, Literal, TypeVar, cast
+
+from .config import Config
+from .errors import InvalidMessage, QueueEngineError
+from .message import QueueMessage, to_epoch, validate_queue_name
+from .status import QueueStatus
+
+__all__ = ["QueueManager", "OnDuplicate", "MessageFilter"]
+
+OnDuplicate = Literal["error", "ignore", "replace"]
+_ON_DUPLICATE = ("error", "ignore", "replace")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _records_errors(method: F) -> F:
+    """Remember the text of a raised QueueEngineError for get_last_error()."""
+
+    @functools.wraps(method)
+    def wrapper(self: QueueManager, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except QueueEngineError as exc:
+            self._last_error = str(exc)
+            raise
+
+    return cast(F, wrapper)
+
+
+class MessageFilter:
+    """Criteria for :meth:`QueueManager.find_messages`; ``None`` means "any"."""
+
+    __slots__ = ("uuid", "alias", "username", "disabled", "execution_mode", "inserted_from", "inserted_to")
+
+    def __init__(
+        self,
+        *,
+        uuid: str | None = None,
+        alias: str | None = None,
+        username: str | None = None,
+        disabled: bool | None = None,
+        execution_mode: str | None = None,
+        inserted_from: datetime | None = None,
+        inserted_to: datetime | None = None,
+    ) -> None:
+        self.uuid = uuid
+        self.alias = alias
+        self.username = username
+        self.disabled = disabled
+        self.execution_mode = None if execution_mode is None else str(getattr(execution_mode, "value", execution_mode))
+        self.inserted_from = None if inserted_from is None else to_epoch(inserted_from)
+        self.inserted_to = None if inserted_to is None else to_epoch(inserted_to)
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """True when a stored record (see QueueMessage.to_record) meets every criterion."""
+        if self.uuid is not None and record.get("uuid") != self.uuid:
+            return False
+        if self.alias is not None and record.get("alias") != self.alias:
+            return False
+        if self.username is not None and record.get("username") != self.username:
+            return False
+        if self.disabled is not None and bool(record.get("disabled")) != self.disabled:
+            return False
+        if self.execution_mode is not None and record.get("execution_mode") != self.execution_mode:
+            return False
+        inserted = record.get("inserted_at") or 0.0
+        if self.inserted_from is not None and inserted < self.inserted_from:
+            return False
+        if self.inserted_to is not None and inserted > self.inserted_to:
+            return False
+        return True
+
+
+class QueueManager(ABC):
+    """Base class of every backend. See the module docstring for the guarantees."""
+
+    #: Name used in config ``queueType``.
+    queue_type: str = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._last_error: str | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release files, connections and background threads. Idempotent."""
+
+    def __enter__(self) -> QueueManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_last_error(self) -> str | None:
+        """Text of the last error this manager raised, or None. Kept for parity with the original."""
+        return self._last_error
+
+    # -- queues -------------------------------------------------------------------------
+    @_records_errors
+    def create_queue(self, queue: str, **attributes: Any) -> bool:
+        """Create ``queue`` with initial custom attributes. False if it already existed."""
+        return self._create_queue(validate_queue_name(queue), attributes)
+
+    @_records_errors
+    def destroy_queue(self, queue: str) -> bool:
+        """Delete ``queue`` and every message in it. False if it did not exist."""
+        return self._destroy_queue(validate_queue_name(queue))
+
+    @_records_errors
+    def queue_exists(self, queue: str) -> bool:
+        return self._queue_exists(validate_queue_name(queue))
+
+    @_records_errors
+    def list_queues(self) -> list[str]:
+        """Names of every queue, sorted."""
+        return sorted(self._list_queues())
+
+    # -- producing ----------------------------------------------------------------------
+    @_records_errors
+    def add_message(self, queue: str, message: QueueMessage, *, on_duplicate: OnDuplicate = "error") -> str:
+        """Append ``message`` (creating the queue if needed); return its uuid.
+
+        ``message.uuid`` and ``message.inserted_at`` are set on the object. A pending message
+        with the same alias raises :class:`DuplicateAlias`; ``on_duplicate="ignore"`` returns
+        the existing uuid instead, ``"replace"`` replaces the existing message's content in
+        place (same uuid, same position) when it is not in flight, and otherwise adds anew.
+        """
+        return self._add_messages(validate_queue_name(queue), [self._check_message(message)], self._check_dup(on_duplicate))[0]
+
+    @_records_errors
+    def add_messages(self, queue: str, messages: Iterable[QueueMessage], *, on_duplicate: OnDuplicate = "error") -> list[str]:
+        """Append several messages atomically (all or none); return their uuids in order."""
+        batch = [self._check_message(m) for m in messages]
+        return self._add_messages(validate_queue_name(queue), batch, self._check_dup(on_duplicate)) if batch else []
+
+    # -- consuming ----------------------------------------------------------------------
+    @_records_errors
+    def get_message(self, queue: str) -> QueueMessage | None:
+        """Remove and return the first eligible message, or None (also for a missing queue)."""
+        return self._get_message(validate_queue_name(queue))
+
+    @_records_errors
+    def reserve(self, queue: str, lease: float | None = None) -> QueueMessage | None:
+        """Hand out the first eligible message for ``lease`` seconds, or None.
+
+        The message is invisible to others until :meth:`ack` or :meth:`release`. If neither
+        comes before the lease ends, or the holding process dies, it becomes eligible again.
+        ``message.attempts`` counts the reservations including this one.
+        """
+        lease = self.config.lease if lease is None else float(lease)
+        if not lease > 0:
+            raise InvalidMessage(f"invalid lease {lease!r}: a positive number of seconds")
+        return self._reserve(validate_queue_name(queue), lease)
+
+    @_records_errors
+    def ack(self, queue: str, message: str | QueueMessage) -> None:
+        """Finish a reserved message: it is removed for good.
+
+        Given a QueueMessage from :meth:`reserve`, the ack applies only to that reservation;
+        if the lease expired and the message was handed out again, :class:`LeaseLost` is
+        raised. Given a uuid, the current reservation is acked.
+        """
+        uuid, attempt = self._lease_key(message)
+        self._ack(validate_queue_name(queue), uuid, attempt)
+
+    @_records_errors
+    def release(self, queue: str, message: str | QueueMessage, delay: float = 0, error: str | None = None) -> None:
+        """Give a reserved message back; eligible again after ``delay`` seconds, same position."""
+        if not delay >= 0:
+            raise InvalidMessage(f"invalid delay {delay!r}: seconds >= 0")
+        uuid, attempt = self._lease_key(message)
+        self._release(validate_queue_name(queue), uuid, attempt, float(delay), error)
+
+    # -- inspecting and changing --------------------------------------------------------
+    @_records_errors
+    def queue_status(self, queue: str) -> QueueStatus:
+        """The status record; :class:`QueueNotFound` for a missing queue."""
+        return self._queue_status(validate_queue_name(queue))
+
+    @_records_errors
+    def set_custom_attributes(self, queue: str, attributes: dict[str, Any], *, replace: bool = False) -> dict[str, Any]:
+        """Merge (or with ``replace`` set) the queue's custom attributes; return the result."""
+        from .message import encode_data
+
+        if not isinstance(attributes, dict):
+            raise InvalidMessage(f"custom attributes must be a dict, not {type(attributes).__name__}")
+        encode_data(attributes)
+        return self._set_custom_attributes(validate_queue_name(queue), attributes, replace)
+
+    @_records_errors
+    def update_last_message_processed(self, queue: str, message: QueueMessage) -> None:
+        """Record ``message`` as the queue's last processed message (uuid, alias, now)."""
+        self._update_last_processed(validate_queue_name(queue), message.uuid, message.alias)
+
+    @_records_errors
+    def find_messages(
+        self,
+        queue: str,
+        *,
+        uuid: str | None = None,
+        alias: str | None = None,
+        username: str | None = None,
+        disabled: bool | None = None,
+        execution_mode: str | None = None,
+        inserted_from: datetime | None = None,
+        inserted_to: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[QueueMessage]:
+        """Pending messages matching every given criterion, in queue order.
+
+        By ``uuid`` or ``alias`` the lookup uses an index, not a scan.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidMessage(f"invalid limit {limit!r}: a whole number >= 0")
+        flt = MessageFilter(
+            uuid=uuid, alias=alias, username=username, disabled=disabled, execution_mode=execution_mode,
+            inserted_from=inserted_from, inserted_to=inserted_to,
+        )
+        return self._find_messages(validate_queue_name(queue), flt, limit)
+
+    @_records_errors
+    def update_message(self, queue: str, message: QueueMessage) -> None:
+        """Replace the pending message with ``message.uuid`` by ``message``, keeping its place.
+
+        Raises :class:`MessageNotFound` if no pending message has that uuid,
+        :class:`MessageInFlight` if it is reserved, :class:`DuplicateAlias` if the new alias
+        belongs to another pending message.
+        """
+        if not message.uuid:
+            raise InvalidMessage("update_message needs message.uuid")
+        self._update_message(validate_queue_name(queue), self._check_message(message))
+
+    @_records_errors
+    def remove_message(self, queue: str, uuid: str) -> bool:
+        """Delete a pending message that is not in flight. False if there was none."""
+        return self._remove_message(validate_queue_name(queue), uuid)
+
+    # -- helpers ------------------------------------------------------------------------
+    @staticmethod
+    def _check_message(message: QueueMessage) -> QueueMessage:
+        if not isinstance(message, QueueMessage):
+            raise InvalidMessage(f"expected a QueueMessage, got {type(message).__name__}")
+        message.validate()
+        return message
+
+    @staticmethod
+    def _check_dup(on_duplicate: str) -> OnDuplicate:
+        if on_duplicate not in _ON_DUPLICATE:
+            raise InvalidMessage(f"invalid on_duplicate {on_duplicate!r}; valid: {', '.join(_ON_DUPLICATE)}")
+        return cast(OnDuplicate, on_duplicate)
+
+    @staticmethod
+    def _lease_key(message: str | QueueMessage) -> tuple[str, int | None]:
+        if isinstance(message, QueueMessage):
+            if not message.uuid:
+                raise InvalidMessage("the message has no uuid; pass the message returned by reserve()")
+            return message.uuid, message.attempts
+        if not isinstance(message, str) or not message:
+            raise InvalidMessage(f"invalid message uuid {message!r}")
+        return message, None
+
+    # -- primitives a backend implements ------------------------------------------------
+    @abstractmethod
+    def _create_queue(self, queue: str, attributes: dict[str, Any]) -> bool: ...
+
+    @abstractmethod
+    def _destroy_queue(self, queue: str) -> bool: ...
+
+    @abstractmethod
+    def _queue_exists(self, queue: str) -> bool: ...
+
+    @abstractmethod
+    def _list_queues(self) -> Iterable[str]: ...
+
+    @abstractmethod
+    def _add_messages(self, queue: str, messages: list[QueueMessage], on_duplicate: OnDuplicate) -> list[str]: ...
+
+    @abstractmethod
+    def _get_message(self, queue: str) -> QueueMessage | None: ...
+
+    @abstractmethod
+    def _reserve(self, queue: str, lease: float) -> QueueMessage | None: ...
+
+    @abstractmethod
+    def _ack(self, queue: str, uuid: str, attempt: int | None) -> None: ...
+
+    @abstractmethod
+    def _release(self, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None: ...
+
+    @abstractmethod
+    def _queue_status(self, queue: str) -> QueueStatus: ...
+
+    @abstractmethod
+    def _set_custom_attributes(self, queue: str, attributes: dict[str, Any], replace: bool) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _update_last_processed(self, queue: str, uuid: str | None, alias: str | None) -> None: ...
+
+    @abstractmethod
+    def _find_messages(self, queue: str, flt: MessageFilter, limit: int | None) -> list[QueueMessage]: ...
+
+    @abstractmethod
+    def _update_message(self, queue: str, message: QueueMessage) -> None: ...
+
+    @abstractmethod
+    def _remove_message(self, queue: str, uuid: str) -> bool: ...

@@ -1,0 +1,240 @@
+"""Messages: what a producer adds, what a consumer gets back."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidMessage, InvalidQueueName
+
+__all__ = [
+    "ExecutionMode",
+    "QueueMessage",
+    "validate_queue_name",
+    "to_epoch",
+    "from_epoch",
+    "encode_data",
+]
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_MAX_ALIAS = 512
+
+
+class ExecutionMode(str, Enum):
+    """When a message becomes eligible: at once, or at ``deferred_until``."""
+
+    IMMEDIATE = "immediate"
+    DEFERRED = "deferred"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def validate_queue_name(name: object) -> str:
+    """Return ``name`` if it is a valid queue name, else raise :class:`InvalidQueueName`.
+
+    Valid: 1-64 characters of letters, digits, ``_ . -``, starting with a letter or digit.
+    The rule guarantees a name is also a safe single path component.
+    """
+    if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+        raise InvalidQueueName(
+            f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def to_epoch(value: datetime) -> float:
+    """Seconds since the epoch for ``value``; a naive datetime is taken as local time."""
+    if value.tzinfo is None:
+        value = value.astimezone()  # naive means local time
+    return value.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    """A timezone-aware (UTC) datetime for an epoch value, or None."""
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def encode_data(data: Any) -> str:
+    """Serialize ``data`` as strict JSON, or raise :class:`InvalidMessage`.
+
+    Only what JSON can hold is accepted: dict (string keys), list, str, int, float
+    (finite), bool and None. Tuples are refused rather than silently turned into lists.
+    """
+    _check_json(data, 0)
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - _check_json catches these
+        raise InvalidMessage(f"message data is not JSON-serializable: {exc}") from None
+
+
+_MAX_DEPTH = 200
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidMessage(f"message data is nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, str) and not _is_encodable(value):
+            raise InvalidMessage(f"message data holds a string that is not valid Unicode: {value[:40]!r}")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMessage(f"message data holds {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessage(f"message data has a non-string key {key!r}; JSON keys are strings")
+            if not _is_encodable(key):
+                raise InvalidMessage(f"message data has a key that is not valid Unicode: {key[:40]!r}")
+            _check_json(item, depth + 1)
+        return
+    raise InvalidMessage(
+        f"message data holds a {type(value).__name__} ({value!r:.60}); only JSON types are accepted"
+    )
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _default_username() -> str:
+    """The OS user, looked up once per process (getpass reads env and passwd: ~10us)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry, no env vars: fall back rather than fail an add
+        return "unknown"
+
+
+@dataclass
+class QueueMessage:
+    """One message. ``uuid`` is assigned by the engine when the message is added.
+
+    ``retries`` is the maximum number of attempts (0 means the worker's default).
+    ``deferred_until`` is a timezone-aware datetime; a naive one is taken as local time.
+    Setting ``deferred_until`` implies ``execution_mode=DEFERRED``.
+    """
+
+    data: Any = None
+    alias: str | None = None
+    retries: int = 0
+    execution_mode: ExecutionMode | str = ExecutionMode.IMMEDIATE
+    deferred_until: datetime | None = None
+    disabled: bool = False
+    username: str | None = None
+    uuid: str | None = None
+    #: When the engine stored the message (set by the engine).
+    inserted_at: datetime | None = None
+    #: How many times the message has been handed to a consumer with ``reserve``.
+    attempts: int = 0
+    #: Queue the message was read from (set by the engine on read).
+    queue: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Normalise fields in place; raise :class:`InvalidMessage` naming a bad field."""
+        if self.execution_mode.__class__ is not ExecutionMode:
+            try:
+                self.execution_mode = ExecutionMode(self.execution_mode)
+            except ValueError:
+                raise InvalidMessage(
+                    f"invalid execution_mode {self.execution_mode!r}: use 'immediate' or 'deferred'"
+                ) from None
+        alias = self.alias
+        if alias is not None and (
+            alias.__class__ is not str or not alias or len(alias) > _MAX_ALIAS or "\x00" in alias or not _is_encodable(alias)
+        ):
+            raise InvalidMessage(
+                f"invalid alias {alias!r}: a non-empty string of at most {_MAX_ALIAS} characters, "
+                "without NUL or lone surrogates"
+            )
+        retries = self.retries
+        if retries.__class__ is not int or not 0 <= retries <= 1_000_000:
+            raise InvalidMessage(f"invalid retries {retries!r}: a whole number from 0 to 1000000")
+        if self.disabled.__class__ is not bool:
+            raise InvalidMessage(f"invalid disabled {self.disabled!r}: use True or False")
+        if self.deferred_until is not None:
+            if not isinstance(self.deferred_until, datetime):
+                raise InvalidMessage(f"invalid deferred_until {self.deferred_until!r}: a datetime is required")
+            self.execution_mode = ExecutionMode.DEFERRED
+        elif self.execution_mode is ExecutionMode.DEFERRED:
+            raise InvalidMessage("execution_mode 'deferred' needs deferred_until")
+        username = self.username
+        if username is None:
+            self.username = _default_username()
+        elif username.__class__ is not str or len(username) > 256 or not _is_encodable(username):
+            raise InvalidMessage(f"invalid username {username!r}: a string of at most 256 characters")
+
+    # -- serialization (storage format; JSON only, never pickle) -----------------------
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-safe dict stored by backends (times as epoch seconds)."""
+        return {
+            "uuid": self.uuid,
+            "alias": self.alias,
+            "data": self.data,
+            "retries": self.retries,
+            "execution_mode": self.execution_mode.value if isinstance(self.execution_mode, ExecutionMode) else self.execution_mode,
+            "deferred_until": None if self.deferred_until is None else to_epoch(self.deferred_until),
+            "disabled": self.disabled,
+            "username": self.username,
+            "inserted_at": None if self.inserted_at is None else to_epoch(self.inserted_at),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], *, attempts: int = 0, queue: str | None = None) -> QueueMessage:
+        """Rebuild a message stored with :meth:`to_record`."""
+        msg = cls.__new__(cls)
+        msg.uuid = record["uuid"]
+        msg.alias = record.get("alias")
+        msg.data = record.get("data")
+        msg.retries = record.get("retries", 0)
+        msg.execution_mode = ExecutionMode(record.get("execution_mode", "immediate"))
+        msg.deferred_until = from_epoch(record.get("deferred_until"))
+        msg.disabled = bool(record.get("disabled", False))
+        msg.username = record.get("username")
+        msg.inserted_at = from_epoch(record.get("inserted_at"))
+        msg.attempts = attempts
+        msg.queue = queue
+        return msg
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view with ISO 8601 times, as printed by ``--json``."""
+        return {
+            "uuid": self.uuid,
+            "queue": self.queue,
+            "alias": self.alias,
+            "data": self.data,
+            "retries": self.retries,
+            "attempts": self.attempts,
+            "execution_mode": str(self.execution_mode),
+            "deferred_until": None if self.deferred_until is None else self.deferred_until.isoformat(),
+            "disabled": self.disabled,
+            "username": self.username,
+            "inserted_at": None if self.inserted_at is None else self.inserted_at.isoformat(),
+        }
+
+    def copy(self, **changes: Any) -> QueueMessage:
+        """A copy with ``changes`` applied and validated."""
+        return replace(self, **changes)
