@@ -52,6 +52,7 @@ class RecordType:
     STATUS = 11  # status record change; body = JSON
     SEAL = 12  # nothing follows in this segment; continue in the next one
     DESTROYED = 13  # queue destroyed; handles must reopen
+    MOVE = 14  # a pending message's body copied forward so old segments can go; state unchanged
 
 
 class Flag:

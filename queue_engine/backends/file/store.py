@@ -302,7 +302,15 @@ class QueueStore:
         if seg is None:
             seg = Segment(self.log_dir, segno)
             self._segments[segno] = seg
+            if len(self._segments) > 2:
+                self._unmap_behind()
         return seg
+
+    def _unmap_behind(self) -> None:
+        """Unmap segments nothing pending needs: a mapping would keep a deleted file's space."""
+        low = min(self.view.live_segments(), self.view.position[0], self._limit[0])
+        for segno in [n for n in self._segments if n < low]:
+            self._segments.pop(segno).close()
 
     def _sync(self) -> None:
         """Apply every complete record after ``view.position``; cut a torn tail."""
@@ -494,7 +502,11 @@ class QueueStore:
         if self.fsync == "batch":
             self.dirty = True
         self._replay()
-        if self._since_checkpoint > _CHECKPOINT_BYTES:
+        view = self.view
+        if self._since_checkpoint > _CHECKPOINT_BYTES or (
+            # drained: give the space of old segments back now rather than at the next roll
+            len(view.segments) > 1 and not view.stream_count and not view.entries
+        ):
             self._checkpoint()
         return seg
 
@@ -526,7 +538,13 @@ class QueueStore:
     def _checkpoint(self) -> None:
         """Persist the view durably, then delete segments nothing needs any more."""
         self._since_checkpoint = 0
-        data = json.dumps(self.view.to_json(), separators=(",", ":")).encode()
+        view = self.view
+        self._move_stragglers()
+        keep = min(view.live_segments(), view.position[0])
+        doomed = sorted(n for n in view.segments if n < keep)
+        for segno in doomed:
+            del view.segments[segno]
+        data = json.dumps(view.to_json(), separators=(",", ":")).encode()
         target = self.path / "checkpoint.json"
         tmp = self.path / "checkpoint.json.tmp"
         try:
@@ -539,11 +557,8 @@ class QueueStore:
             os.replace(tmp, target)
             fsync_dir(self.path)
         except OSError:
-            return  # a checkpoint is an optimisation: the log is still complete
-        keep = min(self.view.live_segments(), self.view.position[0])
-        for segno in sorted(self.view.segments):
-            if segno >= keep:
-                break
+            return  # a checkpoint is an optimisation: the log is still complete, keep it all
+        for segno in doomed:  # only now that no checkpoint points before ``keep``
             seg = self._segments.pop(segno, None)
             if seg is not None:
                 seg.close()
@@ -552,8 +567,27 @@ class QueueStore:
                     os.unlink(segment_path(self.log_dir, segno, suffix))
                 except FileNotFoundError:
                     pass
-            del self.view.segments[segno]
         self._seg_starts = [(f, n) for f, n in self._seg_starts if n >= keep]
+
+    def _move_stragglers(self) -> None:
+        """Copy bodies of long-pending messages (disabled, deferred, in flight) that sit in
+        segments older than the stream's, so those segments can be deleted."""
+        view = self.view
+        low = view.cursor[0] if view.stream_count else view.position[0]
+        stragglers = sorted((e.seq, e.loc) for e in view.entries.values() if e.loc[0] < low)
+        if not stragglers:
+            return
+        now = _now_ms()
+        records = []
+        last = len(stragglers) - 1
+        for i, (seq, loc) in enumerate(stragglers):
+            seg = self._segment(loc[0])
+            h = read_header(seg.mm, loc[1])
+            assert h is not None
+            start = loc[1] + HEADER_SIZE
+            body = bytes(seg.mm[start : start + h.length])
+            records.append(encode(RecordType.MOVE, seq, body, flags=Flag.CONTINUED if i < last else 0, ts=now))
+        self._append(records)
 
     # -- reading messages ---------------------------------------------------------------
     def _read(self, loc: Loc) -> dict[str, Any]:
@@ -781,13 +815,8 @@ class QueueStore:
         with self._locked() as view:
             now = _now_ms()
             ready, deferred, disabled, in_flight = view.counts(now)
-            inserted = None
-            if view.last_add is not None:
-                try:
-                    rec = self._read(view.last_add)
-                    inserted = MessageRef(rec.get("uuid"), rec.get("alias"), from_epoch(rec.get("inserted_at")))
-                except (FileNotFoundError, StorageError, ValueError):
-                    inserted = None
+            li = view.last_inserted
+            inserted = None if li is None else MessageRef(li[0], li[1], from_epoch(li[2] / 1000))
             return QueueStatus(
                 queue=self.name,
                 last_message_inserted=inserted,

@@ -90,7 +90,7 @@ class QueueView:
         self.custom: dict[str, Any] = {}
         self.created_at = 0
         self.uuid_key = 0  # masks the seq in minted uuids (random per queue)
-        self.last_add: Loc | None = None
+        self.last_inserted: list[Any] | None = None  # [uuid, alias, ts_ms] of the newest ADD
         self.last_processed: dict[str, Any] | None = None
         self.last_ts = 0
         self.destroyed = False
@@ -124,7 +124,7 @@ class QueueView:
             "custom": self.custom,
             "created_at": self.created_at,
             "uuid_key": self.uuid_key,
-            "last_add": None if self.last_add is None else list(self.last_add),
+            "last_inserted": self.last_inserted,
             "last_processed": self.last_processed,
             "last_ts": self.last_ts,
         }
@@ -150,7 +150,7 @@ class QueueView:
         v.custom = data["custom"]
         v.created_at = data["created_at"]
         v.uuid_key = data["uuid_key"]
-        v.last_add = None if data["last_add"] is None else tuple(data["last_add"])  # type: ignore[assignment]
+        v.last_inserted = data["last_inserted"]
         v.last_processed = data["last_processed"]
         v.last_ts = data["last_ts"]
         return v
@@ -253,16 +253,21 @@ class QueueView:
         return ready, self.n_waiting - self.n_due, self.n_disabled, self.n_inflight
 
     # -- applying records ---------------------------------------------------------------
-    def leave_stream(self, seq: int) -> None:
-        """``seq`` (a stream message) is no longer in the stream."""
+    def leave_stream(self, seq: int, loc: Loc) -> None:
+        """``seq`` (a stream message) leaves the stream by the record at ``loc``."""
         self.stream_count -= 1
-        if self.head_loc is not None and seq == self.head_seq:
+        self.updated.pop(seq, None)
+        if not self.stream_count:
+            # nothing pending in the stream: no need to re-read the records behind ``loc``
+            self.cursor = loc
+            self.holes.clear()
+            self.head_loc = self.head_end = None
+        elif self.head_loc is not None and seq == self.head_seq:
             assert self.head_end is not None
             self.cursor = self.head_end
             self.head_loc = self.head_end = None
         else:
             self.holes.add(seq)
-        self.updated.pop(seq, None)
 
     def forget(self, seq: int) -> None:
         """``seq`` is gone for good: drop its alias and foreign uuid."""
@@ -280,10 +285,12 @@ class QueueView:
         self.last_ts = max(self.last_ts, h.ts)
         if t == RecordType.ADD:
             self.next_seq = max(self.next_seq, seq + 1)
-            self.last_add = loc
             flags = h.flags
+            alias = None
             if flags & Flag.ALIAS or flags & Flag.FOREIGN_UUID:
-                self._index_names(seq, body, flags)
+                alias = self._index_names(seq, body, flags)
+            # bodies start with {"uuid":"<36 chars>"; slicing avoids parsing every ADD
+            self.last_inserted = [bytes(body[9:45]).decode("ascii", "replace"), alias, h.ts]
             if flags & _STREAM_BLOCKERS:
                 state = DISABLED if flags & Flag.DISABLED else WAITING
                 self._put_entry(Entry(seq, state, loc, due=h.arg))
@@ -295,7 +302,7 @@ class QueueView:
             if e is not None:
                 self._drop_entry(e)
             elif self.in_stream(seq, log):
-                self.leave_stream(seq)
+                self.leave_stream(seq, loc)
             self.forget(seq)
             return
         if t == RecordType.RESERVE:
@@ -305,7 +312,7 @@ class QueueView:
                     return
                 head_loc = self.head_loc if self.head_seq == seq else None
                 src = self.updated.get(seq) or head_loc or log.locate(seq)
-                self.leave_stream(seq)
+                self.leave_stream(seq, loc)
                 e = Entry(seq, WAITING, src)
                 self._put_entry(e)
             self._change(e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1)
@@ -337,17 +344,25 @@ class QueueView:
             self.custom = dict(created.get("attributes") or {})
             self.uuid_key = int(created.get("uuid_key") or 0)
             return
+        if t == RecordType.MOVE:
+            e = self.entries.get(seq)
+            if e is not None:
+                e.loc = loc
+            return
         if t == RecordType.DESTROYED:
             self.destroyed = True
 
-    def _index_names(self, seq: int, body: memoryview, flags: int) -> None:
+    def _index_names(self, seq: int, body: memoryview, flags: int) -> str | None:
+        """Index the alias and kept uuid of a message; return its alias."""
         record = json.loads(bytes(body))
-        if flags & Flag.ALIAS and record.get("alias") is not None:
-            self.alias_of[seq] = record["alias"]
-            self.alias_index[record["alias"]] = seq
+        alias: str | None = record.get("alias")
+        if flags & Flag.ALIAS and alias is not None:
+            self.alias_of[seq] = alias
+            self.alias_index[alias] = seq
         if flags & Flag.FOREIGN_UUID:
             self.foreign_of[seq] = record["uuid"]
             self.foreign[record["uuid"]] = seq
+        return alias
 
     def _apply_update(self, h: Header, loc: Loc, body: memoryview, log: LogAccess) -> None:
         seq, flags = h.seq, h.flags
@@ -361,7 +376,7 @@ class QueueView:
             self._index_names(seq, body, flags & Flag.ALIAS)
         if e is None:  # in the stream
             if flags & _STREAM_BLOCKERS:
-                self.leave_stream(seq)
+                self.leave_stream(seq, loc)
                 state = DISABLED if flags & Flag.DISABLED else WAITING
                 self._put_entry(Entry(seq, state, loc, due=h.arg))
             else:
@@ -380,6 +395,4 @@ class QueueView:
             low = min(low, e.loc[0])
         for loc in self.updated.values():
             low = min(low, loc[0])
-        if self.last_add is not None:
-            low = min(low, self.last_add[0])
         return low
