@@ -93,9 +93,7 @@ class Config:
         known = {f.name for f in fields(self)} - {"source", "parser"}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ConfigurationError(
-                f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-            )
+            raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         raw = {k: (v if not isinstance(v, (str, int, float, bool, Path)) else str(v)) for k, v in settings.items()}
         values = _convert(raw, "keyword settings")
         return replace(self, **values)
@@ -202,9 +200,8 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
                 if canonical is None:
                     if key.lower() in _LATER_KEYS:
                         continue  # read by the features that own them
-                    raise ConfigurationError(
-                        f"{source}: unknown key [queue] {key}; valid: {', '.join(sorted(keys) + sorted(_LATER_KEYS_CASED))}"
-                    )
+                    valid = ", ".join(sorted(keys) + sorted(_LATER_KEYS_CASED))
+                    raise ConfigurationError(f"{source}: unknown key [queue] {key}; valid: {valid}")
                 raw[keys[canonical][0]] = value
         values = _convert(raw, source, base_dir=path.resolve().parent)
         base = replace(base, source=path.resolve(), parser=parser, **values)

@@ -19,6 +19,7 @@ class QueueFactory:
     _backends: dict[str, str] = {
         "file": "queue_engine.backends.file:FileQueueManager",
         "cache": "queue_engine.backends.file:FileQueueManager",  # the original's name
+        "memory": "queue_engine.backends.memory:MemoryQueueManager",  # in-process, for tests
     }
 
     @classmethod

@@ -101,7 +101,7 @@ class QueueManager(ABC):
         self._last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not every backend holds resources
         """Release files, connections and background threads. Idempotent."""
 
     def __enter__(self) -> QueueManager:
@@ -144,10 +144,14 @@ class QueueManager(ABC):
         the existing uuid instead, ``"replace"`` replaces the existing message's content in
         place (same uuid, same position) when it is not in flight, and otherwise adds anew.
         """
-        return self._add_messages(validate_queue_name(queue), [self._check_message(message)], self._check_dup(on_duplicate))[0]
+        return self._add_messages(
+            validate_queue_name(queue), [self._check_message(message)], self._check_dup(on_duplicate)
+        )[0]
 
     @_records_errors
-    def add_messages(self, queue: str, messages: Iterable[QueueMessage], *, on_duplicate: OnDuplicate = "error") -> list[str]:
+    def add_messages(
+        self, queue: str, messages: Iterable[QueueMessage], *, on_duplicate: OnDuplicate = "error"
+    ) -> list[str]:
         """Append several messages atomically (all or none); return their uuids in order."""
         batch = [self._check_message(m) for m in messages]
         return self._add_messages(validate_queue_name(queue), batch, self._check_dup(on_duplicate)) if batch else []
@@ -232,8 +236,13 @@ class QueueManager(ABC):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InvalidMessage(f"invalid limit {limit!r}: a whole number >= 0")
         flt = MessageFilter(
-            uuid=uuid, alias=alias, username=username, disabled=disabled, execution_mode=execution_mode,
-            inserted_from=inserted_from, inserted_to=inserted_to,
+            uuid=uuid,
+            alias=alias,
+            username=username,
+            disabled=disabled,
+            execution_mode=execution_mode,
+            inserted_from=inserted_from,
+            inserted_to=inserted_to,
         )
         return self._find_messages(validate_queue_name(queue), flt, limit)
 

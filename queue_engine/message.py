@@ -45,8 +45,7 @@ def validate_queue_name(name: object) -> str:
     """
     if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise InvalidQueueName(
-            f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
+            f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
 
@@ -104,9 +103,7 @@ def _check_json(value: Any, depth: int) -> None:
                 raise InvalidMessage(f"message data has a key that is not valid Unicode: {key[:40]!r}")
             _check_json(item, depth + 1)
         return
-    raise InvalidMessage(
-        f"message data holds a {type(value).__name__} ({value!r:.60}); only JSON types are accepted"
-    )
+    raise InvalidMessage(f"message data holds a {type(value).__name__} ({value!r:.60}); only JSON types are accepted")
 
 
 def _is_encodable(text: str) -> bool:
@@ -164,7 +161,11 @@ class QueueMessage:
                 ) from None
         alias = self.alias
         if alias is not None and (
-            alias.__class__ is not str or not alias or len(alias) > _MAX_ALIAS or "\x00" in alias or not _is_encodable(alias)
+            alias.__class__ is not str
+            or not alias
+            or len(alias) > _MAX_ALIAS
+            or "\x00" in alias
+            or not _is_encodable(alias)
         ):
             raise InvalidMessage(
                 f"invalid alias {alias!r}: a non-empty string of at most {_MAX_ALIAS} characters, "
@@ -195,7 +196,9 @@ class QueueMessage:
             "alias": self.alias,
             "data": self.data,
             "retries": self.retries,
-            "execution_mode": self.execution_mode.value if isinstance(self.execution_mode, ExecutionMode) else self.execution_mode,
+            "execution_mode": self.execution_mode.value
+            if isinstance(self.execution_mode, ExecutionMode)
+            else self.execution_mode,
             "deferred_until": None if self.deferred_until is None else to_epoch(self.deferred_until),
             "disabled": self.disabled,
             "username": self.username,

@@ -56,9 +56,15 @@ class QueueStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "queue": self.queue,
-            "last_message_inserted": None if self.last_message_inserted is None else self.last_message_inserted.to_dict(),
-            "last_message_processed": None if self.last_message_processed is None else self.last_message_processed.to_dict(),
-            "last_queue_modify_time": None if self.last_queue_modify_time is None else self.last_queue_modify_time.isoformat(),
+            "last_message_inserted": None
+            if self.last_message_inserted is None
+            else self.last_message_inserted.to_dict(),
+            "last_message_processed": None
+            if self.last_message_processed is None
+            else self.last_message_processed.to_dict(),
+            "last_queue_modify_time": None
+            if self.last_queue_modify_time is None
+            else self.last_queue_modify_time.isoformat(),
             "messages_to_process": self.messages_to_process,
             "ready": self.ready,
             "deferred": self.deferred,

@@ -77,8 +77,10 @@ def main() -> int:
     for proc in producers + consumers:
         proc.join()
     elapsed = time.perf_counter() - started
-    print(f"produced {2 * PER_PRODUCER + 1} messages, processed {processed} in {elapsed:.2f}s "
-          "(the disabled one stays queued)")
+    print(
+        f"produced {2 * PER_PRODUCER + 1} messages, processed {processed} in {elapsed:.2f}s "
+        "(the disabled one stays queued)"
+    )
     qengine = [sys.executable, "-m", "queue_engine", "--config", str(config)]
     print(f"\n$ qengine --config {config} status {QUEUE}", flush=True)
     subprocess.run([*qengine, "status", QUEUE], check=True)

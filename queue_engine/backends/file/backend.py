@@ -63,7 +63,10 @@ class FileQueueManager(QueueManager):
                     self._create_queue(queue, {})
                 try:
                     store = QueueStore(
-                        queue, path, fsync=self.config.fsync, lock_timeout=self.config.lock_timeout,
+                        queue,
+                        path,
+                        fsync=self.config.fsync,
+                        lock_timeout=self.config.lock_timeout,
                         segment_size=self.config.segment_size,
                     )
                 except StorageError:

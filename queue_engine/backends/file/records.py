@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+if TYPE_CHECKING:
+    import mmap
+
+    Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
 
 __all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "encode", "read_header", "body_valid"]
 
@@ -82,12 +87,12 @@ def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int 
     return prefix + struct.pack("<I", crc) + body
 
 
-def read_header(buf: bytes | memoryview | object, offset: int) -> Header | None:
+def read_header(buf: Buffer, offset: int) -> Header | None:
     """The header at ``offset`` of ``buf``, or None where nothing was written (zero magic).
 
     Raises ValueError for bytes that are neither zero nor a record header.
     """
-    magic, rtype, flags, length, seq, arg, ts, crc = HEADER.unpack_from(buf, offset)  # type: ignore[call-overload]
+    magic, rtype, flags, length, seq, arg, ts, crc = HEADER.unpack_from(buf, offset)
     if magic != MAGIC:
         if magic == b"\x00\x00":
             return None
@@ -95,10 +100,10 @@ def read_header(buf: bytes | memoryview | object, offset: int) -> Header | None:
     return Header(rtype, flags, length, seq, arg, ts, crc)
 
 
-def body_valid(buf: bytes | memoryview | object, offset: int, header: Header) -> bool:
+def body_valid(buf: Buffer, offset: int, header: Header) -> bool:
     """True when the record at ``offset`` is complete and its CRC matches."""
     start = offset + HEADER_SIZE
-    view = memoryview(buf)  # type: ignore[arg-type]
+    view = memoryview(buf)
     if start + header.length > len(view):
         return False
     crc = zlib.crc32(view[offset : offset + HEADER_SIZE - 4])

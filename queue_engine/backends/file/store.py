@@ -71,7 +71,13 @@ def mint_uuid(seq: int, key: int) -> str:
     does not reveal how many messages a queue has seen.
     """
     rand = random.getrandbits(74)
-    value = ((((seq * _MIX) & _MASK48) ^ key) << 80) | (0x8 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    value = (
+        ((((seq * _MIX) & _MASK48) ^ key) << 80)
+        | (0x8 << 76)
+        | ((rand >> 62) << 64)
+        | (0b10 << 62)
+        | (rand & ((1 << 62) - 1))
+    )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -121,7 +127,10 @@ def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int) ->
     os.close(fd)
     now = _now_ms()
     head = encode(RecordType.SEGMENT, 1, ts=now) + encode(
-        RecordType.CREATE, 0, json.dumps({"attributes": attributes, "uuid_key": random.getrandbits(48)}).encode(), ts=now
+        RecordType.CREATE,
+        0,
+        json.dumps({"attributes": attributes, "uuid_key": random.getrandbits(48)}).encode(),
+        ts=now,
     )
     create_segment(path / "log", 1, segment_size, 1, head, FILE_MODE)
 
@@ -666,9 +675,12 @@ class QueueStore:
                             raise DuplicateAlias(
                                 f"queue {self.name!r} already has a pending message with alias {alias!r} "
                                 f"(uuid {prior[1]})",
-                                queue=self.name, alias=alias, uuid=prior[1],
+                                queue=self.name,
+                                alias=alias,
+                                uuid=prior[1],
                             )
-                        if on_duplicate == "ignore":
+                        if on_duplicate == "ignore":  # the caller's message is the existing one
+                            msg.uuid = prior[1]
                             uuids.append(prior[1])
                             continue
                 if target is not None:  # replace: same uuid, same place, new content
@@ -749,7 +761,10 @@ class QueueStore:
         if expired:
             last = len(expired) - 1
             self._append(
-                [encode(RecordType.EXPIRE, s, flags=Flag.CONTINUED if i < last else 0, ts=now) for i, s in enumerate(expired)]
+                [
+                    encode(RecordType.EXPIRE, s, flags=Flag.CONTINUED if i < last else 0, ts=now)
+                    for i, s in enumerate(expired)
+                ]
             )
 
     def get(self) -> QueueMessage | None:
@@ -919,7 +934,9 @@ class QueueStore:
                 if owner is not None and owner != seq:
                     raise DuplicateAlias(
                         f"queue {self.name!r} already has a pending message with alias {msg.alias!r}",
-                        queue=self.name, alias=msg.alias, uuid=str(self._read(self._pending_loc(owner)[0]).get("uuid")),  # type: ignore[index]
+                        queue=self.name,
+                        alias=msg.alias,
+                        uuid=str(self._read(self._pending_loc(owner)[0]).get("uuid")),  # type: ignore[index]
                     )
             msg.inserted_at = from_epoch(record.get("inserted_at"))
             msg.attempts = attempts
@@ -960,7 +977,8 @@ def _due_ms(msg: QueueMessage) -> int:
     return max(1, int(msg.deferred_until.timestamp() * 1000))
 
 
-_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_str = json.encoder.encode_basestring
+_MODE_NAMES = {mode: mode.value for mode in ExecutionMode}  # str-enum: plain strings hash alike
 
 
 def _opt_str(value: str | None) -> str:
@@ -973,7 +991,7 @@ def _message_body(msg: QueueMessage, data_json: str) -> bytes:
     inserted = "null" if msg.inserted_at is None else repr(msg.inserted_at.timestamp())
     return (
         f'{{"uuid":{_opt_str(msg.uuid)},"alias":{_opt_str(msg.alias)},"retries":{msg.retries},'
-        f'"execution_mode":"{msg.execution_mode.value}","deferred_until":{deferred},'
+        f'"execution_mode":"{_MODE_NAMES[msg.execution_mode]}","deferred_until":{deferred},'
         f'"disabled":{"true" if msg.disabled else "false"},"username":{_opt_str(msg.username)},'
         f'"inserted_at":{inserted},"data":{data_json}}}'
-    ).encode("utf-8")
+    ).encode()

@@ -132,8 +132,8 @@ class QueueView:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueueView:
         v = cls()
-        v.position = tuple(data["position"])  # type: ignore[assignment]
-        v.cursor = tuple(data["cursor"])  # type: ignore[assignment]
+        v.position = (data["position"][0], data["position"][1])
+        v.cursor = (data["cursor"][0], data["cursor"][1])
         v.next_seq = data["next_seq"]
         v.stream_count = data["stream_count"]
         for row in data["entries"]:
@@ -315,7 +315,9 @@ class QueueView:
                 self.leave_stream(seq, loc)
                 e = Entry(seq, WAITING, src)
                 self._put_entry(e)
-            self._change(e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1)
+            self._change(
+                e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1
+            )
             return
         if t in (RecordType.RELEASE, RecordType.EXPIRE):
             e = self.entries.get(seq)
