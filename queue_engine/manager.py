@@ -10,6 +10,10 @@ implements. A backend promises, for every queue:
   its holder died (at-least-once for ``reserve``; ``get_message`` removes at once).
 * An alias is unique among the queue's pending messages (ready, deferred, disabled or in flight).
 * A message whose ``add_message`` returned is not lost by a crash of any process.
+
+A missing queue: ``add_message``/``add_messages`` create it; ``get_message`` and ``reserve``
+return None; ``queue_exists`` and ``destroy_queue`` return False; every other method raises
+:class:`QueueNotFound`.
 """
 
 from __future__ import annotations
@@ -141,8 +145,10 @@ class QueueManager(ABC):
 
         ``message.uuid`` and ``message.inserted_at`` are set on the object. A pending message
         with the same alias raises :class:`DuplicateAlias`; ``on_duplicate="ignore"`` returns
-        the existing uuid instead, ``"replace"`` replaces the existing message's content in
-        place (same uuid, same position) when it is not in flight, and otherwise adds anew.
+        the existing uuid instead (and sets it on ``message``), ``"replace"`` replaces the
+        existing message's content in place (same uuid, same position). If the existing
+        message is in flight it cannot change under its consumer: ``"replace"`` then adds
+        ``message`` anew and the alias moves to it.
         """
         return self._add_messages(
             validate_queue_name(queue), [self._check_message(message)], self._check_dup(on_duplicate)
@@ -179,16 +185,20 @@ class QueueManager(ABC):
     def ack(self, queue: str, message: str | QueueMessage) -> None:
         """Finish a reserved message: it is removed for good.
 
-        Given a QueueMessage from :meth:`reserve`, the ack applies only to that reservation;
-        if the lease expired and the message was handed out again, :class:`LeaseLost` is
-        raised. Given a uuid, the current reservation is acked.
+        Given a QueueMessage from :meth:`reserve`, the ack applies only to that reservation:
+        it succeeds even after the lease ended as long as the message was not handed out
+        again, and raises :class:`LeaseLost` once it was (or was acked or released). Given a
+        uuid, the current reservation is acked.
         """
         uuid, attempt = self._lease_key(message)
         self._ack(validate_queue_name(queue), uuid, attempt)
 
     @_records_errors
     def release(self, queue: str, message: str | QueueMessage, delay: float = 0, error: str | None = None) -> None:
-        """Give a reserved message back; eligible again after ``delay`` seconds, same position."""
+        """Give a reserved message back; eligible again after ``delay`` seconds, same position.
+
+        The same reservation rules as :meth:`ack` apply.
+        """
         if not delay >= 0:
             raise InvalidMessage(f"invalid delay {delay!r}: seconds >= 0")
         uuid, attempt = self._lease_key(message)
@@ -260,7 +270,8 @@ class QueueManager(ABC):
 
     @_records_errors
     def remove_message(self, queue: str, uuid: str) -> bool:
-        """Delete a pending message that is not in flight. False if there was none."""
+        """Delete a pending message. False if the queue has no pending message ``uuid``;
+        :class:`MessageInFlight` if it is reserved."""
         return self._remove_message(validate_queue_name(queue), uuid)
 
     # -- helpers ------------------------------------------------------------------------

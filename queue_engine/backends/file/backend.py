@@ -46,6 +46,9 @@ class FileQueueManager(QueueManager):
     # -- store handles ------------------------------------------------------------------
     def _store(self, queue: str, *, create: bool = False) -> QueueStore | None:
         """The open store for ``queue``; None when it does not exist (and ``create`` is off)."""
+        flusher = self._flusher
+        if flusher is not None and flusher.pid != os.getpid():
+            self._flusher = _Flusher(self, self.config.fsync_interval)  # threads do not survive fork
         store = self._stores.get(queue)
         if store is not None and not store.view.destroyed:
             return store
@@ -217,6 +220,7 @@ class _Flusher:
 
     def __init__(self, manager: FileQueueManager, interval: float) -> None:
         self._manager = weakref.ref(manager)
+        self.pid = os.getpid()
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qengine-fsync", daemon=True)
@@ -239,5 +243,5 @@ class _Flusher:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if self.pid == os.getpid() and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)

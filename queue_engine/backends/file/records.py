@@ -21,14 +21,12 @@ record but the last: a reader applies a group only once it has read its last rec
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    import mmap
-
-    Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 __all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "encode", "read_header", "body_valid"]
 

@@ -48,7 +48,7 @@ from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...status import MessageRef, QueueStatus
 from .records import HEADER_SIZE, Flag, Header, RecordType, body_valid, encode, read_header
 from .segments import Segment, create_segment, fsync_dir, segment_path
-from .view import INFLIGHT, Entry, Loc, QueueView
+from .view import INFLIGHT, WAITING, Entry, Loc, QueueView
 
 __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir", "DIR_MODE", "FILE_MODE"]
 
@@ -796,19 +796,27 @@ class QueueStore:
         return msg
 
     def _inflight(self, uuid: str, attempt: int | None) -> Entry:
-        seq = seq_of_uuid(uuid, self.view.uuid_key)
-        e = self.view.entries.get(seq) if seq is not None else None
-        if e is None or e.state != INFLIGHT:
-            f = self.view.foreign.get(uuid)
-            e = self.view.entries.get(f) if f is not None else None
-        if e is None or e.state != INFLIGHT or (attempt is not None and e.attempts != attempt):
+        """The entry of reservation (``uuid``, ``attempt``), or LeaseLost."""
+        view = self.view
+        e = None
+        for seq in (seq_of_uuid(uuid, view.uuid_key), view.foreign.get(uuid)):
+            candidate = view.entries.get(seq) if seq is not None else None
+            if candidate is not None and self._has_uuid(candidate.loc, uuid):
+                e = candidate
+                break
+        # A reservation whose lease ended is still the caller's until the message is handed
+        # out again (attempts would grow): a late ack or release is accepted until then.
+        # EXPIRE keeps the holder, RELEASE clears it: a released message is not ackable.
+        if e is not None and attempt is not None and e.attempts != attempt:
+            e = None
+        if e is not None and not (e.state == INFLIGHT or (attempt is not None and e.state == WAITING and e.holder)):
+            e = None
+        if e is None:
             raise LeaseLost(
                 f"queue {self.name!r}: message {uuid} is not reserved"
                 + ("" if attempt is None else f" by attempt {attempt}")
-                + " (its lease expired, or it was acked or released)"
+                + " (it was handed out again, acked or released)"
             )
-        if not self._has_uuid(e.loc, uuid):
-            raise LeaseLost(f"queue {self.name!r}: message {uuid} is not reserved")
         return e
 
     def ack(self, uuid: str, attempt: int | None) -> None:
@@ -978,7 +986,7 @@ def _due_ms(msg: QueueMessage) -> int:
 
 
 _json_str = json.encoder.encode_basestring
-_MODE_NAMES = {mode: mode.value for mode in ExecutionMode}  # str-enum: plain strings hash alike
+_MODE_NAMES: dict[object, str] = {mode: mode.value for mode in ExecutionMode}  # str-enum: "immediate" hashes alike
 
 
 def _opt_str(value: str | None) -> str:

@@ -321,8 +321,12 @@ class QueueView:
             return
         if t in (RecordType.RELEASE, RecordType.EXPIRE):
             e = self.entries.get(seq)
-            if e is not None and e.state == INFLIGHT:
-                self._change(e, WAITING, due=h.arg if t == RecordType.RELEASE else 0, deadline=0, holder="")
+            # a late release (lease already expired, not reserved again) still sets the delay
+            if e is not None and (e.state == INFLIGHT or (t == RecordType.RELEASE and e.state == WAITING)):
+                if t == RecordType.RELEASE:
+                    self._change(e, WAITING, due=h.arg, deadline=0, holder="")
+                else:  # the holder is kept: it may still ack late (see QueueStore._inflight)
+                    self._change(e, WAITING, due=0, deadline=0)
             return
         if t == RecordType.UPDATE:
             self._apply_update(h, loc, body, log)

@@ -1,0 +1,1 @@
+"""Storage backends; each implements :class:`queue_engine.manager.QueueManager`."""

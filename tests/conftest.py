@@ -1,0 +1,131 @@
+"""Shared fixtures: one ``manager`` fixture per backend, so every contract test runs on each.
+
+Adding a backend (e.g. Redis) is one more entry in ``BACKENDS``: a builder and, while it may
+be absent, a reason to skip.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queue_engine import QueueFactory, QueueManager, QueueMessage
+
+#: Hang guard for polling loops. Never a performance assertion: only stops a stuck test.
+HANG_GUARD = 60.0
+
+
+def _build_memory(cache_root: Path) -> QueueManager:
+    return QueueFactory.get_queue_manager(queue_type="memory")
+
+
+def _build_file(cache_root: Path) -> QueueManager:
+    return QueueFactory.get_queue_manager(queue_type="file", cache_root=cache_root, fsync="never")
+
+
+#: name -> (builder taking the storage root, skip reason or None).
+BACKENDS: dict[str, tuple[Callable[[Path], QueueManager], str | None]] = {
+    "memory": (_build_memory, None),
+    "file": (_build_file, None),
+}
+
+#: Backends whose data lives on disk and is shared by every manager opened on the same root.
+PERSISTENT = {"file"}
+
+
+def _params(names: list[str]) -> list[Any]:
+    return [
+        pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
+        for name in names
+        for reason in [BACKENDS[name][1]]
+    ]
+
+
+@pytest.fixture
+def cache_root(tmp_path: Path) -> Path:
+    """Storage root for a persistent backend (created by the backend)."""
+    return tmp_path / "q"
+
+
+@pytest.fixture(params=_params(list(BACKENDS)))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend name under test."""
+    return str(request.param)
+
+
+@pytest.fixture(params=_params(sorted(PERSISTENT)))
+def persistent_backend(request: pytest.FixtureRequest) -> str:
+    """Only backends that share storage between managers and processes."""
+    return str(request.param)
+
+
+@pytest.fixture
+def open_manager(backend: str, cache_root: Path) -> Iterator[Callable[[], QueueManager]]:
+    """Open another manager of the backend under test on the same storage; closed at teardown."""
+    opened: list[QueueManager] = []
+
+    def factory() -> QueueManager:
+        manager = BACKENDS[backend][0](cache_root)
+        opened.append(manager)
+        return manager
+
+    yield factory
+    for manager in reversed(opened):
+        manager.close()
+
+
+@pytest.fixture
+def manager(open_manager: Callable[[], QueueManager]) -> QueueManager:
+    """A manager of each backend, on fresh storage."""
+    return open_manager()
+
+
+@pytest.fixture
+def file_manager(persistent_backend: str, cache_root: Path) -> Iterator[QueueManager]:
+    """A manager of each persistent backend, on fresh storage at ``cache_root``."""
+    manager = BACKENDS[persistent_backend][0](cache_root)
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A unique, valid queue name."""
+    return f"q-{uuid.uuid4().hex[:12]}"
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = HANG_GUARD, interval: float = 0.01) -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout`` (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition {getattr(predicate, '__name__', predicate)!r} not met within {timeout}s")
+        time.sleep(interval)
+
+
+def drain(manager: QueueManager, queue: str) -> list[QueueMessage]:
+    """Every eligible message, taken with ``get_message`` in the order handed out."""
+    out = []
+    while (msg := manager.get_message(queue)) is not None:
+        out.append(msg)
+    return out
+
+
+@pytest.fixture(name="wait_for")
+def _wait_for_fixture() -> Callable[..., Any]:
+    """:func:`wait_for` as a fixture, for test modules that cannot import conftest."""
+    return wait_for
+
+
+@pytest.fixture(name="drain")
+def _drain_fixture() -> Callable[[QueueManager, str], list[QueueMessage]]:
+    """:func:`drain` as a fixture."""
+    return drain

@@ -1,0 +1,1 @@
+"""Contract tests every backend must pass."""
