@@ -16,11 +16,14 @@ from .errors import (
     QueueEngineError,
     QueueNotFound,
     StorageError,
+    TimeLimitExceeded,
+    Unrecoverable,
+    WorkerError,
 )
 from .factory import QueueFactory
 from .manager import QueueManager
 from .message import ExecutionMode, QueueMessage
-from .status import MessageRef, QueueStatus
+from .status import FailedMessage, MessageRef, QueueStatus
 
 __version__ = "0.1.0"
 
@@ -30,6 +33,7 @@ __all__ = [
     "CorruptionError",
     "DuplicateAlias",
     "ExecutionMode",
+    "FailedMessage",
     "InvalidMessage",
     "InvalidQueueName",
     "LeaseLost",
@@ -44,6 +48,9 @@ __all__ = [
     "QueueNotFound",
     "QueueStatus",
     "StorageError",
+    "TimeLimitExceeded",
+    "Unrecoverable",
+    "WorkerError",
     "load_config",
     "__version__",
 ]

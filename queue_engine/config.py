@@ -209,5 +209,5 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
 
 
 # Keys that belong to [queue] but are read by other modules (workers, hooks, ...).
-_LATER_KEYS_CASED: tuple[str, ...] = ()
+_LATER_KEYS_CASED: tuple[str, ...] = ("workersPath", "mode")
 _LATER_KEYS = {k.lower() for k in _LATER_KEYS_CASED}

@@ -80,3 +80,17 @@ class LockTimeout(StorageError):
 
 class CorruptionError(StorageError):
     """Stored data failed an integrity check and could not be used."""
+
+
+class WorkerError(QueueEngineError):
+    """A worker, daemon or job could not be found, loaded or configured."""
+
+    exit_code = 2
+
+
+class Unrecoverable(QueueEngineError):
+    """Raised by a worker: this message can never succeed, skip the remaining attempts."""
+
+
+class TimeLimitExceeded(QueueEngineError):
+    """An attempt ran longer than its time limit."""

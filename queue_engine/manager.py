@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar, cast
 from .config import Config
 from .errors import InvalidMessage, QueueEngineError
 from .message import QueueMessage, to_epoch, validate_queue_name
-from .status import QueueStatus
+from .status import FailedMessage, QueueStatus
 
 __all__ = ["QueueManager", "OnDuplicate", "MessageFilter"]
 
@@ -243,8 +243,7 @@ class QueueManager(ABC):
 
         By ``uuid`` or ``alias`` the lookup uses an index, not a scan.
         """
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise InvalidMessage(f"invalid limit {limit!r}: a whole number >= 0")
+        self._check_limit(limit)
         flt = MessageFilter(
             uuid=uuid,
             alias=alias,
@@ -274,6 +273,66 @@ class QueueManager(ABC):
         :class:`MessageInFlight` if it is reserved."""
         return self._remove_message(validate_queue_name(queue), uuid)
 
+    # -- failed store -------------------------------------------------------------------
+    @_records_errors
+    def fail(self, queue: str, message: str | QueueMessage, error: str) -> None:
+        """Move a reserved message to the queue's failed store, with ``error`` added to its history.
+
+        The same reservation rules as :meth:`ack` apply (:class:`LeaseLost`). Errors given to
+        earlier :meth:`release` calls of the message are kept in its history.
+        """
+        uuid, attempt = self._lease_key(message)
+        self._fail(validate_queue_name(queue), uuid, attempt, str(error))
+
+    @_records_errors
+    def add_failed(self, queue: str, message: QueueMessage, errors: list[str]) -> str:
+        """Store ``message`` straight into the failed store (direct mode); return its uuid."""
+        return self._add_failed(validate_queue_name(queue), self._check_message(message), [str(e) for e in errors])
+
+    @_records_errors
+    def failed_messages(
+        self,
+        queue: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[FailedMessage]:
+        """Failed messages whose failure time is within [since, until], in queue order."""
+        self._check_limit(limit)
+        return self._failed_messages(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), limit)
+
+    @_records_errors
+    def requeue_failed(
+        self,
+        queue: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        uuids: Iterable[str] | None = None,
+    ) -> list[str]:
+        """Move failed messages (all, those failed within [since, until], or ``uuids``) back to
+        the queue at their original position, with attempts and errors reset; return their uuids.
+
+        A message whose alias was taken by another pending message meanwhile stays failed.
+        Requeued messages leave the failed store, so a second call finds nothing.
+        """
+        wanted = None if uuids is None else set(uuids)
+        return self._requeue_failed(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), wanted)
+
+    @_records_errors
+    def forget_failed(
+        self,
+        queue: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        uuids: Iterable[str] | None = None,
+    ) -> int:
+        """Drop failed messages for good (same selection as :meth:`requeue_failed`); return how many."""
+        wanted = None if uuids is None else set(uuids)
+        return self._forget_failed(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), wanted)
+
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
     def _check_message(message: QueueMessage) -> QueueMessage:
@@ -281,6 +340,11 @@ class QueueManager(ABC):
             raise InvalidMessage(f"expected a QueueMessage, got {type(message).__name__}")
         message.validate()
         return message
+
+    @staticmethod
+    def _check_limit(limit: int | None) -> None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidMessage(f"invalid limit {limit!r}: a whole number >= 0")
 
     @staticmethod
     def _check_dup(on_duplicate: str) -> OnDuplicate:
@@ -343,3 +407,26 @@ class QueueManager(ABC):
 
     @abstractmethod
     def _remove_message(self, queue: str, uuid: str) -> bool: ...
+
+    @abstractmethod
+    def _fail(self, queue: str, uuid: str, attempt: int | None, error: str) -> None: ...
+
+    @abstractmethod
+    def _add_failed(self, queue: str, message: QueueMessage, errors: list[str]) -> str: ...
+
+    @abstractmethod
+    def _failed_messages(
+        self, queue: str, since: float | None, until: float | None, limit: int | None
+    ) -> list[FailedMessage]: ...
+
+    @abstractmethod
+    def _requeue_failed(
+        self, queue: str, since: float | None, until: float | None, uuids: set[str] | None
+    ) -> list[str]: ...
+
+    @abstractmethod
+    def _forget_failed(self, queue: str, since: float | None, until: float | None, uuids: set[str] | None) -> int: ...
+
+
+def _epoch_or_none(value: datetime | None) -> float | None:
+    return None if value is None else to_epoch(value)

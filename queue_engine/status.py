@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .message import from_epoch
+from .message import QueueMessage, from_epoch
 
-__all__ = ["MessageRef", "QueueStatus"]
+__all__ = ["FailedMessage", "MessageRef", "QueueStatus"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,18 @@ class QueueStatus:
             "failed": self.failed,
             "custom_attributes": dict(self.custom_attributes),
         }
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """A message in a queue's failed store: it used all its attempts (or failed for good).
+
+    ``errors`` holds the error of every failed attempt, oldest first.
+    """
+
+    message: QueueMessage
+    failed_at: datetime
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.message.to_dict(), "failed_at": self.failed_at.isoformat(), "errors": list(self.errors)}

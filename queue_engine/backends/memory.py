@@ -20,7 +20,7 @@ from ..config import Config
 from ..errors import DuplicateAlias, LeaseLost, MessageInFlight, MessageNotFound, QueueNotFound
 from ..manager import MessageFilter, OnDuplicate, QueueManager
 from ..message import QueueMessage, encode_data, from_epoch
-from ..status import MessageRef, QueueStatus
+from ..status import FailedMessage, MessageRef, QueueStatus
 
 __all__ = ["MemoryQueueManager"]
 
@@ -34,6 +34,12 @@ class _Entry:
     lease_until: float | None = None
     #: Set by ``release(delay=...)``: not eligible before this time.
     not_before: float = 0.0
+    #: Queue order (insertion counter): a requeued failed message goes back to this place.
+    order: int = 0
+    #: Errors of failed attempts so far (from release and fail).
+    errors: list[str] = field(default_factory=list)
+    #: When it entered the failed store (epoch seconds); 0 while pending.
+    failed_at: float = 0.0
 
     def in_flight(self, now: float) -> bool:
         return self.lease_until is not None and self.lease_until > now
@@ -52,6 +58,9 @@ class _Queue:
     entries: dict[str, _Entry] = field(default_factory=dict)
     #: alias -> uuid of the pending message holding it.
     aliases: dict[str, str] = field(default_factory=dict)
+    #: uuid -> entry of the failed store.
+    failed: dict[str, _Entry] = field(default_factory=dict)
+    counter: int = 0
     attributes: str = "{}"  # JSON text, for the same copy-on-read reason as data
     last_inserted: MessageRef | None = None
     last_processed: MessageRef | None = None
@@ -153,7 +162,9 @@ class MemoryQueueManager(QueueManager):
                         raise DuplicateAlias(
                             f"alias {m.alias!r} is already held by pending message {existing or '(same batch)'} "
                             f"in queue {queue!r}",
-                            queue=queue, alias=m.alias, uuid=existing,
+                            queue=queue,
+                            alias=m.alias,
+                            uuid=existing,
                         )
                     seen.add(m.alias)
             self._queues[queue] = q
@@ -167,12 +178,15 @@ class MemoryQueueManager(QueueManager):
                 elif holder is not None and on_duplicate == "replace" and not q.entries[holder].in_flight(now):
                     old = q.entries[holder]
                     record = dict(m.to_record(), uuid=holder, data=text, inserted_at=old.record["inserted_at"])
-                    q.entries[holder] = _Entry(record, attempts=old.attempts, not_before=old.not_before)
+                    q.entries[holder] = _Entry(
+                        record, attempts=old.attempts, not_before=old.not_before, order=old.order, errors=old.errors
+                    )
                     uid = holder
                 else:
                     uid = str(uuidlib.uuid4())
                     record = dict(m.to_record(), uuid=uid, data=text, inserted_at=now)
-                    q.entries[uid] = _Entry(record)
+                    q.counter += 1
+                    q.entries[uid] = _Entry(record, order=q.counter)
                     if m.alias is not None:
                         q.aliases[m.alias] = uid
                     q.last_inserted = MessageRef(uid, m.alias, from_epoch(now))
@@ -209,6 +223,8 @@ class MemoryQueueManager(QueueManager):
             q, entry = self._reserved(queue, uuid, attempt)
             entry.lease_until = None
             entry.not_before = time.time() + delay
+            if error:
+                entry.errors.append(error)
             self._touch(q)
 
     # -- inspecting and changing --------------------------------------------------------
@@ -232,6 +248,7 @@ class MemoryQueueManager(QueueManager):
                 last_message_processed=q.last_processed,
                 last_queue_modify_time=from_epoch(q.modified),
                 messages_to_process=counts["ready"] + counts["deferred"] + counts["in_flight"],
+                failed=len(q.failed),
                 custom_attributes=json.loads(q.attributes),
                 **counts,
             )
@@ -281,14 +298,18 @@ class MemoryQueueManager(QueueManager):
             if holder is not None and holder != uid:
                 raise DuplicateAlias(
                     f"alias {message.alias!r} is already held by pending message {holder} in queue {queue!r}",
-                    queue=queue, alias=message.alias or "", uuid=holder,
+                    queue=queue,
+                    alias=message.alias or "",
+                    uuid=holder,
                 )
             if old.record["alias"] is not None and q.aliases.get(old.record["alias"]) == uid:
                 del q.aliases[old.record["alias"]]
             if message.alias is not None:
                 q.aliases[message.alias] = uid
             record = dict(message.to_record(), uuid=uid, data=text, inserted_at=old.record["inserted_at"])
-            q.entries[uid] = _Entry(record, attempts=old.attempts, not_before=old.not_before)
+            q.entries[uid] = _Entry(
+                record, attempts=old.attempts, not_before=old.not_before, order=old.order, errors=old.errors
+            )
             self._touch(q)
 
     def _remove_message(self, queue: str, uuid: str) -> bool:
@@ -301,3 +322,82 @@ class MemoryQueueManager(QueueManager):
                 raise MessageInFlight(f"message {uuid!r} in queue {queue!r} is reserved by a consumer")
             self._pop(q, uuid)
             return True
+
+    # -- failed store -------------------------------------------------------------------
+    def _fail(self, queue: str, uuid: str, attempt: int | None, error: str) -> None:
+        with self._lock:
+            q, _ = self._reserved(queue, uuid, attempt)
+            entry = self._pop(q, uuid)  # frees the alias: a failed message is not pending
+            entry.errors.append(error)
+            entry.lease_until, entry.failed_at = None, time.time()
+            q.failed[uuid] = entry
+
+    def _add_failed(self, queue: str, message: QueueMessage, errors: list[str]) -> str:
+        text = encode_data(message.data)
+        with self._lock:
+            q = self._queues.setdefault(queue, _Queue())
+            uid = str(uuidlib.uuid4())
+            now = time.time()
+            q.counter += 1
+            record = dict(message.to_record(), uuid=uid, data=text, inserted_at=now)
+            q.failed[uid] = _Entry(record, order=q.counter, errors=list(errors), failed_at=now)
+            message.uuid, message.inserted_at = uid, from_epoch(now)
+            self._touch(q)
+            return uid
+
+    def _select_failed(
+        self, q: _Queue, since: float | None, until: float | None, uuids: set[str] | None
+    ) -> list[tuple[str, _Entry]]:
+        return sorted(
+            (
+                (uid, e)
+                for uid, e in q.failed.items()
+                if (since is None or e.failed_at >= since)
+                and (until is None or e.failed_at <= until)
+                and (uuids is None or uid in uuids)
+            ),
+            key=lambda item: item[1].order,
+        )
+
+    def _failed_messages(
+        self, queue: str, since: float | None, until: float | None, limit: int | None
+    ) -> list[FailedMessage]:
+        with self._lock:
+            selected = self._select_failed(self._existing(queue), since, until, None)[:limit]
+            return [
+                FailedMessage(
+                    self._message(queue, e), datetime.fromtimestamp(e.failed_at, tz=timezone.utc), list(e.errors)
+                )
+                for _, e in selected
+            ]
+
+    def _requeue_failed(
+        self, queue: str, since: float | None, until: float | None, uuids: set[str] | None
+    ) -> list[str]:
+        with self._lock:
+            q = self._existing(queue)
+            moved = []
+            for uid, e in self._select_failed(q, since, until, uuids):
+                alias = e.record["alias"]
+                if alias is not None and alias in q.aliases:
+                    continue  # another pending message holds the alias now: it stays failed
+                del q.failed[uid]
+                e.attempts, e.errors, e.failed_at, e.not_before = 0, [], 0.0, 0.0
+                q.entries[uid] = e
+                if alias is not None:
+                    q.aliases[alias] = uid
+                moved.append(uid)
+            if moved:  # back to their original places
+                q.entries = dict(sorted(q.entries.items(), key=lambda item: item[1].order))
+                self._touch(q)
+            return moved
+
+    def _forget_failed(self, queue: str, since: float | None, until: float | None, uuids: set[str] | None) -> int:
+        with self._lock:
+            q = self._existing(queue)
+            selected = self._select_failed(q, since, until, uuids)
+            for uid, _ in selected:
+                del q.failed[uid]
+            if selected:
+                self._touch(q)
+            return len(selected)

@@ -15,7 +15,7 @@ from ...config import Config
 from ...errors import QueueNotFound, StorageError
 from ...manager import MessageFilter, OnDuplicate, QueueManager
 from ...message import QueueMessage, validate_queue_name
-from ...status import QueueStatus
+from ...status import FailedMessage, QueueStatus
 from .store import DIR_MODE, QueueStore, init_queue_dir
 
 __all__ = ["FileQueueManager"]
@@ -212,6 +212,30 @@ class FileQueueManager(QueueManager):
 
     def _remove_message(self, queue: str, uuid: str) -> bool:
         result: bool = self._retrying(queue, lambda s: s.remove(uuid))
+        return result
+
+    # -- failed store -------------------------------------------------------------------
+    def _fail(self, queue: str, uuid: str, attempt: int | None, error: str) -> None:
+        self._with_store(queue).fail(uuid, attempt, error)
+
+    def _add_failed(self, queue: str, message: QueueMessage, errors: list[str]) -> str:
+        result: str = self._retrying(queue, lambda s: s.add_failed(message, errors), create=True)
+        return result
+
+    def _failed_messages(
+        self, queue: str, since: float | None, until: float | None, limit: int | None
+    ) -> list[FailedMessage]:
+        result: list[FailedMessage] = self._retrying(queue, lambda s: s.failed(since, until, limit))
+        return result
+
+    def _requeue_failed(
+        self, queue: str, since: float | None, until: float | None, uuids: set[str] | None
+    ) -> list[str]:
+        result: list[str] = self._retrying(queue, lambda s: s.requeue_failed(since, until, uuids))
+        return result
+
+    def _forget_failed(self, queue: str, since: float | None, until: float | None, uuids: set[str] | None) -> int:
+        result: int = self._retrying(queue, lambda s: s.forget_failed(since, until, uuids))
         return result
 
 

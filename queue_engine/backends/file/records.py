@@ -56,6 +56,8 @@ class RecordType:
     SEAL = 12  # nothing follows in this segment; continue in the next one
     DESTROYED = 13  # queue destroyed; handles must reopen
     MOVE = 14  # a pending message's body copied forward so old segments can go; state unchanged
+    FAIL = 15  # to the failed store; body = {"error": text} or {"errors": [...]}
+    REQUEUE = 16  # failed message back to the queue, same place; body = {"alias": alias or null}
 
 
 class Flag:
@@ -66,6 +68,9 @@ class Flag:
     ALIAS = 4  # the body has an alias (the view indexes it)
     FOREIGN_UUID = 8  # uuid not minted by this queue (kept by a migration)
     CONTINUED = 16  # more records of the same atomic group follow
+    FAILED = 32  # ADD straight into the failed store (direct mode): no alias, not "last inserted"
+    #: An ADD with any of these is not a plain ready message, i.e. not in the stream.
+    NOT_STREAM = DEFERRED | DISABLED | FAILED
 
 
 class Header(NamedTuple):

@@ -32,6 +32,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,10 @@ from ...errors import (
     StorageError,
 )
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
-from ...status import MessageRef, QueueStatus
+from ...status import FailedMessage, MessageRef, QueueStatus
 from .records import HEADER_SIZE, Flag, Header, RecordType, body_valid, encode, read_header
 from .segments import Segment, create_segment, fsync_dir, segment_path
-from .view import INFLIGHT, WAITING, Entry, Loc, QueueView
+from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
 
 __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir", "DIR_MODE", "FILE_MODE"]
 
@@ -438,7 +439,6 @@ class QueueStore:
         limit = self._limit
         segno, off = view.cursor
         holes = view.holes
-        blockers = Flag.DEFERRED | Flag.DISABLED
         while (segno, off) < limit:
             seg = self._segment(segno)
             h = read_header(seg.mm, off)
@@ -448,7 +448,7 @@ class QueueStore:
                 segno, off = segno + 1, 0
                 continue
             end = off + HEADER_SIZE + h.length
-            if h.type == RecordType.ADD and not h.flags & blockers:
+            if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM:
                 if h.seq in holes:
                     holes.discard(h.seq)
                 else:
@@ -621,7 +621,7 @@ class QueueStore:
         view = self.view
         e = view.entries.get(seq)
         if e is not None:
-            return e.loc, e.state, e.attempts
+            return None if e.state == FAILED else (e.loc, e.state, e.attempts)
         self._limit = view.position
         if view.in_stream(seq, self):
             loc = view.updated.get(seq)
@@ -759,13 +759,7 @@ class QueueStore:
                     if not alive[e.holder]:
                         expired.append(e.seq)
         if expired:
-            last = len(expired) - 1
-            self._append(
-                [
-                    encode(RecordType.EXPIRE, s, flags=Flag.CONTINUED if i < last else 0, ts=now)
-                    for i, s in enumerate(expired)
-                ]
-            )
+            self._append(_as_group([encode(RecordType.EXPIRE, s, ts=now) for s in expired]))
 
     def get(self) -> QueueMessage | None:
         with self._locked():
@@ -841,6 +835,7 @@ class QueueStore:
             li = view.last_inserted
             inserted = None if li is None else MessageRef(li[0], li[1], from_epoch(li[2] / 1000))
             return QueueStatus(
+                failed=view.n_failed,
                 queue=self.name,
                 last_message_inserted=inserted,
                 last_message_processed=MessageRef.from_record(view.last_processed),
@@ -875,7 +870,7 @@ class QueueStore:
             out: list[QueueMessage] = []
             if limit == 0:
                 return out
-            entries = sorted(view.entries.values(), key=lambda e: e.seq)
+            entries = sorted((e for e in view.entries.values() if e.state != FAILED), key=lambda e: e.seq)
             ei = 0
             for seq, loc in self._iter_stream():
                 while ei < len(entries) and entries[ei].seq < seq:
@@ -915,7 +910,6 @@ class QueueStore:
         self._limit = view.position
         self.ensure_head()
         segno, off = view.cursor
-        blockers = Flag.DEFERRED | Flag.DISABLED
         while (segno, off) < view.position:
             h = read_header(self._segment(segno).mm, off)
             if h is None:
@@ -923,7 +917,7 @@ class QueueStore:
             if h.type == RecordType.SEAL:
                 segno, off = segno + 1, 0
                 continue
-            if h.type == RecordType.ADD and not h.flags & blockers and h.seq not in view.holes:
+            if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM and h.seq not in view.holes:
                 if h.seq not in view.entries:
                     yield h.seq, view.updated.get(h.seq, (segno, off))
             off += HEADER_SIZE + h.length
@@ -962,10 +956,98 @@ class QueueStore:
         self.sync_after_write(seg)
         return True
 
+    # -- failed store -------------------------------------------------------------------
+    def fail(self, uuid: str, attempt: int | None, error: str) -> None:
+        with self._locked():
+            e = self._inflight(uuid, attempt)
+            body = json.dumps({"error": error}, ensure_ascii=False).encode("utf-8", "replace")
+            seg = self._append([encode(RecordType.FAIL, e.seq, body, ts=_now_ms())])
+        self.sync_after_write(seg)
+
+    def add_failed(self, msg: QueueMessage, errors: list[str]) -> str:
+        with self._locked() as view:
+            now = _now_ms()
+            seq = view.next_seq
+            data_json = encode_data(msg.data)
+            msg.uuid = mint_uuid(seq, view.uuid_key)
+            msg.inserted_at = from_epoch(now / 1000)
+            flags = (_flags(msg) & ~Flag.ALIAS) | Flag.FAILED | Flag.CONTINUED
+            add = encode(RecordType.ADD, seq, _message_body(msg, data_json), flags=flags, arg=_due_ms(msg), ts=now)
+            fail = encode(RecordType.FAIL, seq, json.dumps({"errors": errors}).encode(), ts=now)
+            seg = self._append([add, fail], [(seq, 0)])
+        self.sync_after_write(seg)
+        return msg.uuid
+
+    def _failed_entries(
+        self, since: float | None, until: float | None, uuids: set[str] | None
+    ) -> list[tuple[Entry, dict[str, Any]]]:
+        out = []
+        for e in sorted((e for e in self.view.entries.values() if e.state == FAILED), key=lambda e: e.seq):
+            at = e.failed_at / 1000
+            if (since is not None and at < since) or (until is not None and at > until):
+                continue
+            record = self._read(e.loc)
+            if uuids is not None and record.get("uuid") not in uuids:
+                continue
+            out.append((e, record))
+        return out
+
+    def failed(self, since: float | None, until: float | None, limit: int | None) -> list[FailedMessage]:
+        with self._locked():
+            selected = self._failed_entries(since, until, None)
+        if limit is not None:
+            selected = selected[:limit]
+        return [
+            FailedMessage(
+                QueueMessage.from_record(record, attempts=e.attempts, queue=self.name),
+                datetime.fromtimestamp(e.failed_at / 1000, tz=timezone.utc),
+                list(e.errors),
+            )
+            for e, record in selected
+        ]
+
+    def requeue_failed(self, since: float | None, until: float | None, uuids: set[str] | None) -> list[str]:
+        with self._locked() as view:
+            records: list[bytes] = []
+            moved: list[str] = []
+            now = _now_ms()
+            for e, record in self._failed_entries(since, until, uuids):
+                alias = record.get("alias")
+                if alias is not None and alias in view.alias_index:
+                    continue  # another pending message holds the alias now: it stays failed
+                records.append(encode(RecordType.REQUEUE, e.seq, json.dumps({"alias": alias}).encode(), ts=now))
+                moved.append(str(record.get("uuid")))
+            if not records:
+                return moved
+            seg = self._append(_as_group(records))
+        self.sync_after_write(seg)
+        return moved
+
+    def forget_failed(self, since: float | None, until: float | None, uuids: set[str] | None) -> int:
+        with self._locked():
+            now = _now_ms()
+            records = [encode(RecordType.REMOVE, e.seq, ts=now) for e, _ in self._failed_entries(since, until, uuids)]
+            if not records:
+                return 0
+            seg = self._append(_as_group(records))
+        self.sync_after_write(seg)
+        return len(records)
+
     def mark_destroyed(self) -> None:
         with self._locked():
             self._append([encode(RecordType.DESTROYED, 0, ts=_now_ms())])
             self.flush_locked()
+
+
+def _as_group(records: list[bytes]) -> list[bytes]:
+    """Frame ``records`` (each without CONTINUED) as one all-or-none group."""
+    out = []
+    for rec in records[:-1]:
+        h = read_header(rec, 0)
+        assert h is not None
+        out.append(encode(h.type, h.seq, rec[HEADER_SIZE:], flags=h.flags | Flag.CONTINUED, arg=h.arg, ts=h.ts))
+    out.append(records[-1])
+    return out
 
 
 def _flags(msg: QueueMessage) -> int:

@@ -26,12 +26,11 @@ from typing import Any, Protocol
 
 from .records import Flag, Header, RecordType
 
-__all__ = ["Entry", "QueueView", "Loc", "WAITING", "DISABLED", "INFLIGHT"]
+__all__ = ["Entry", "QueueView", "Loc", "WAITING", "DISABLED", "INFLIGHT", "FAILED"]
 
 Loc = tuple[int, int]  # (segment number, offset of the record)
 
-WAITING, DISABLED, INFLIGHT = 1, 2, 3
-_STREAM_BLOCKERS = Flag.DEFERRED | Flag.DISABLED
+WAITING, DISABLED, INFLIGHT, FAILED = 1, 2, 3, 4
 
 
 class LogAccess(Protocol):
@@ -48,7 +47,19 @@ class LogAccess(Protocol):
 class Entry:
     """A message outside the stream."""
 
-    __slots__ = ("seq", "state", "loc", "due", "attempts", "deadline", "holder", "version", "in_due")
+    __slots__ = (
+        "seq",
+        "state",
+        "loc",
+        "due",
+        "attempts",
+        "deadline",
+        "holder",
+        "version",
+        "in_due",
+        "errors",
+        "failed_at",
+    )
 
     def __init__(self, seq: int, state: int, loc: Loc, due: int = 0, attempts: int = 0) -> None:
         self.seq = seq
@@ -60,14 +71,27 @@ class Entry:
         self.holder = ""
         self.version = 0
         self.in_due = False
+        self.errors: list[str] = []  # errors of failed attempts so far (release, fail)
+        self.failed_at = 0
 
     def to_list(self) -> list[Any]:
-        return [self.seq, self.state, self.loc[0], self.loc[1], self.due, self.attempts, self.deadline, self.holder]
+        return [
+            self.seq,
+            self.state,
+            self.loc[0],
+            self.loc[1],
+            self.due,
+            self.attempts,
+            self.deadline,
+            self.holder,
+            self.errors,
+            self.failed_at,
+        ]
 
     @classmethod
     def from_list(cls, row: list[Any]) -> Entry:
         e = cls(row[0], row[1], (row[2], row[3]), row[4], row[5])
-        e.deadline, e.holder = row[6], row[7]
+        e.deadline, e.holder, e.errors, e.failed_at = row[6], row[7], list(row[8]), row[9]
         return e
 
 
@@ -99,6 +123,7 @@ class QueueView:
         self.n_due = 0
         self.n_disabled = 0
         self.n_inflight = 0
+        self.n_failed = 0
         # heaps, validated lazily against entry.version
         self.deferred_heap: list[tuple[int, int, int]] = []  # (due, seq, version)
         self.due_heap: list[tuple[int, int]] = []  # (seq, version)
@@ -168,8 +193,10 @@ class QueueView:
                 self.n_due += sign
         elif e.state == DISABLED:
             self.n_disabled += sign
-        else:
+        elif e.state == INFLIGHT:
             self.n_inflight += sign
+        else:
+            self.n_failed += sign
 
     def _index(self, e: Entry) -> None:
         e.version += 1
@@ -269,11 +296,14 @@ class QueueView:
         else:
             self.holes.add(seq)
 
-    def forget(self, seq: int) -> None:
-        """``seq`` is gone for good: drop its alias and foreign uuid."""
+    def drop_alias(self, seq: int) -> None:
         alias = self.alias_of.pop(seq, None)
         if alias is not None and self.alias_index.get(alias) == seq:
             del self.alias_index[alias]
+
+    def forget(self, seq: int) -> None:
+        """``seq`` is gone for good: drop its alias and foreign uuid."""
+        self.drop_alias(seq)
         uuid = self.foreign_of.pop(seq, None)
         if uuid is not None:
             self.foreign.pop(uuid, None)
@@ -286,12 +316,19 @@ class QueueView:
         if t == RecordType.ADD:
             self.next_seq = max(self.next_seq, seq + 1)
             flags = h.flags
+            if flags & Flag.FAILED:  # straight into the failed store
+                failed = Entry(seq, FAILED, loc)
+                failed.failed_at = h.ts
+                self._put_entry(failed)
+                if flags & Flag.FOREIGN_UUID:
+                    self._index_names(seq, body, Flag.FOREIGN_UUID)
+                return
             alias = None
             if flags & Flag.ALIAS or flags & Flag.FOREIGN_UUID:
                 alias = self._index_names(seq, body, flags)
             # bodies start with {"uuid":"<36 chars>"; slicing avoids parsing every ADD
             self.last_inserted = [bytes(body[9:45]).decode("ascii", "replace"), alias, h.ts]
-            if flags & _STREAM_BLOCKERS:
+            if flags & Flag.NOT_STREAM:
                 state = DISABLED if flags & Flag.DISABLED else WAITING
                 self._put_entry(Entry(seq, state, loc, due=h.arg))
             else:
@@ -324,6 +361,8 @@ class QueueView:
             # a late release (lease already expired, not reserved again) still sets the delay
             if e is not None and (e.state == INFLIGHT or (t == RecordType.RELEASE and e.state == WAITING)):
                 if t == RecordType.RELEASE:
+                    if h.length:
+                        e.errors.append(bytes(body).decode("utf-8", "replace"))
                     self._change(e, WAITING, due=h.arg, deadline=0, holder="")
                 else:  # the holder is kept: it may still ack late (see QueueStore._inflight)
                     self._change(e, WAITING, due=0, deadline=0)
@@ -349,6 +388,31 @@ class QueueView:
             self.created_at = h.ts
             self.custom = dict(created.get("attributes") or {})
             self.uuid_key = int(created.get("uuid_key") or 0)
+            return
+        if t == RecordType.FAIL:
+            e = self.entries.get(seq)
+            if e is None:
+                if not self.in_stream(seq, log):
+                    return
+                head_loc = self.head_loc if self.head_seq == seq else None
+                src = self.updated.get(seq) or head_loc or log.locate(seq)
+                self.leave_stream(seq, loc)
+                e = Entry(seq, WAITING, src)
+                self._put_entry(e)
+            change = json.loads(bytes(body))
+            errors = change["errors"] if "errors" in change else [change.get("error") or ""]
+            e.errors = e.errors + [str(x) for x in errors]
+            self._change(e, FAILED, due=0, deadline=0, holder="", failed_at=h.ts)
+            self.drop_alias(seq)  # a failed message is not pending: its alias is free
+            return
+        if t == RecordType.REQUEUE:
+            e = self.entries.get(seq)
+            if e is not None and e.state == FAILED:
+                self._change(e, WAITING, due=0, attempts=0, errors=[], failed_at=0)
+                alias = json.loads(bytes(body)).get("alias")
+                if alias is not None:
+                    self.alias_of[seq] = alias
+                    self.alias_index[alias] = seq
             return
         if t == RecordType.MOVE:
             e = self.entries.get(seq)
@@ -381,7 +445,7 @@ class QueueView:
         if flags & Flag.ALIAS:
             self._index_names(seq, body, flags & Flag.ALIAS)
         if e is None:  # in the stream
-            if flags & _STREAM_BLOCKERS:
+            if flags & Flag.NOT_STREAM:
                 self.leave_stream(seq, loc)
                 state = DISABLED if flags & Flag.DISABLED else WAITING
                 self._put_entry(Entry(seq, state, loc, due=h.arg))
