@@ -21,13 +21,22 @@ from .errors import (
     WorkerError,
 )
 from .factory import QueueFactory
+from .jobs import Queue
 from .manager import QueueManager
 from .message import ExecutionMode, QueueMessage
+from .retry import Backoff, ExponentialBackoff, FixedBackoff, LinearBackoff
 from .status import FailedMessage, MessageRef, QueueStatus
+from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backoff",
+    "ExponentialBackoff",
+    "FixedBackoff",
+    "LinearBackoff",
+    "Queue",
+    "Worker",
     "Config",
     "ConfigurationError",
     "CorruptionError",

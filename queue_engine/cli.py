@@ -63,7 +63,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 USAGE_EXIT = 2
 
 #: Commands that live in other modules, imported on first use: name -> ``"module:attribute"``.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    **{name: f"queue_engine.cli_work:{name}" for name in ("work", "failed", "requeue", "forget", "purge", "audit")},
+}
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -360,12 +362,12 @@ def status_fields(status: QueueStatus) -> list[tuple[str, Any]]:
     """The human view of a queue status, in display order."""
     fields: list[tuple[str, Any]] = [
         ("queue", status.queue),
+        ("failed", status.failed),
         ("messages_to_process", status.messages_to_process),
         ("ready", status.ready),
         ("deferred", status.deferred),
         ("in_flight", status.in_flight),
         ("disabled", status.disabled),
-        ("failed", status.failed),
         ("last_message_inserted", _ref(status.last_message_inserted)),
         ("last_message_processed", _ref(status.last_message_processed)),
         ("last_queue_modify_time", status.last_queue_modify_time),
@@ -503,6 +505,9 @@ def status(app: AppContext, queue: str, as_json: bool) -> None:
         echo_json(result.to_dict())
     else:
         echo_fields(status_fields(result))
+        if result.failed:  # a failure must be impossible to miss
+            banner = f"FAILED: {result.failed} message(s) - see: qengine failed {queue}"
+            click.echo(click.style(banner, fg="red", bold=True), err=True)
 
 
 @cli.command(name="list")

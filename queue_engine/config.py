@@ -94,7 +94,8 @@ class Config:
         unknown = sorted(set(settings) - known)
         if unknown:
             raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        raw = {k: (v if not isinstance(v, (str, int, float, bool, Path)) else str(v)) for k, v in settings.items()}
+        # None means "not given": keep the file's value (callers pass optional arguments through)
+        raw = {k: str(v) for k, v in settings.items() if v is not None}
         values = _convert(raw, "keyword settings")
         return replace(self, **values)
 
@@ -136,6 +137,14 @@ def _conv_path(key: str, raw: str, source: str) -> Path:
     if not value or "\x00" in value:
         raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a usable path")
     return Path(os.path.expanduser(os.path.expandvars(value)))
+
+
+def _unquote(value: str) -> str:
+    """Strip one pair of matching quotes, as PHP's parse_ini_file does (``cacheRoot = "/srv/q"``)."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1]
+    return value
 
 
 def _convert(raw: Mapping[str, str], source: str, *, base_dir: Path | None = None) -> dict[str, Any]:
@@ -202,7 +211,7 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
                         continue  # read by the features that own them
                     valid = ", ".join(sorted(keys) + sorted(_LATER_KEYS_CASED))
                     raise ConfigurationError(f"{source}: unknown key [queue] {key}; valid: {valid}")
-                raw[keys[canonical][0]] = value
+                raw[keys[canonical][0]] = _unquote(value)
         values = _convert(raw, source, base_dir=path.resolve().parent)
         base = replace(base, source=path.resolve(), parser=parser, **values)
     return base.with_overrides(**settings) if settings else base

@@ -486,3 +486,19 @@ def test_subprocess_destroy_prompts_on_a_terminal(config: Path, answer: str, exi
     assert proc.returncode == exit_code, (out, err)
     assert "Destroy queue 'jobs'" in out and "Traceback" not in err
     assert (_pending(config, "jobs") is not None) is remains
+
+
+def test_status_shows_failures_prominently(run: Run, config: Path) -> None:
+    from queue_engine import QueueFactory
+
+    _add(run, "jobs", "--data", "1")
+    manager = QueueFactory.get_queue_manager(config)
+    reserved = manager.reserve("jobs")
+    assert reserved is not None
+    manager.fail("jobs", reserved, "boom")
+    manager.close()
+    human = run("status", "jobs")
+    assert "FAILED: 1 message(s) - see: qengine failed jobs" in human.stderr
+    assert assert_ok(human).splitlines()[1] == "failed: 1"
+    as_json = run("status", "jobs", "--json")
+    assert _json(as_json)["failed"] == 1 and "FAILED" not in as_json.stdout

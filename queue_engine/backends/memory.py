@@ -336,7 +336,9 @@ class MemoryQueueManager(QueueManager):
         text = encode_data(message.data)
         with self._lock:
             q = self._queues.setdefault(queue, _Queue())
-            uid = str(uuidlib.uuid4())
+            uid = message.uuid or ""
+            if not uid or uid in q.entries or uid in q.failed:
+                uid = str(uuidlib.uuid4())
             now = time.time()
             q.counter += 1
             record = dict(message.to_record(), uuid=uid, data=text, inserted_at=now)

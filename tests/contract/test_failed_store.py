@@ -126,3 +126,15 @@ def test_failed_store_survives_reopen(backend: str, open_manager: Callable[[], Q
     second = open_manager()
     [entry] = second.failed_messages(Q, since=datetime.now(timezone.utc) - timedelta(minutes=5))
     assert (entry.message.uuid, entry.errors, entry.message.attempts) == (reserved.uuid, ["try 1", "try 2"], 2)
+
+
+def test_add_failed_keeps_a_given_uuid(manager: QueueManager) -> None:
+    given = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    uid = manager.add_failed(Q, QueueMessage(data="direct", uuid=given), ["e"])
+    assert uid == given
+    [entry] = manager.failed_messages(Q)
+    assert entry.message.uuid == given
+    assert manager.requeue_failed(Q, uuids=[given]) == [given]
+    assert [m.uuid for m in manager.find_messages(Q, uuid=given)] == [given]
+    got = manager.get_message(Q)
+    assert got is not None and got.uuid == given

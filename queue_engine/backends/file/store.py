@@ -969,9 +969,12 @@ class QueueStore:
             now = _now_ms()
             seq = view.next_seq
             data_json = encode_data(msg.data)
-            msg.uuid = mint_uuid(seq, view.uuid_key)
-            msg.inserted_at = from_epoch(now / 1000)
             flags = (_flags(msg) & ~Flag.ALIAS) | Flag.FAILED | Flag.CONTINUED
+            if msg.uuid and msg.uuid not in view.foreign and seq_of_uuid(msg.uuid, view.uuid_key) is None:
+                flags |= Flag.FOREIGN_UUID  # keep the caller's uuid; the view indexes it
+            else:
+                msg.uuid = mint_uuid(seq, view.uuid_key)
+            msg.inserted_at = from_epoch(now / 1000)
             add = encode(RecordType.ADD, seq, _message_body(msg, data_json), flags=flags, arg=_due_ms(msg), ts=now)
             fail = encode(RecordType.FAIL, seq, json.dumps({"errors": errors}).encode(), ts=now)
             seg = self._append([add, fail], [(seq, 0)])
