@@ -30,6 +30,8 @@ __all__ = ["Config", "load_config", "find_config_file", "FSYNC_MODES", "QUEUE_TY
 APP_NAME = "qengine"
 ENV_VAR = "QENGINE_CONFIG"
 FSYNC_MODES = ("always", "batch", "never")
+#: Last place looked at (a module constant so tests and packagers can change it).
+SYSTEM_CONFIG = Path("/etc") / APP_NAME / "config.ini"
 #: Queue types the factory knows; ``cache`` is the original's name for the file backend.
 QUEUE_TYPES = ("file", "cache")
 
@@ -38,32 +40,27 @@ def _default_cache_root() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
 
 
-def _parse_bool(key: str, raw: str, source: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a boolean (use true/false)")
-
-
-def _parse_float(key: str, raw: str, source: str, *, minimum: float = 0.0) -> float:
+# Converters take ``where`` (e.g. "config.ini: [queue] fsync" or "setting fsync") and the raw
+# text, and raise a ConfigurationError that names both.
+def parse_float(where: str, raw: str, *, minimum: float = 0.0) -> float:
+    """A finite float >= ``minimum`` or a ConfigurationError naming ``where`` and the value."""
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a number") from None
-    if not value >= minimum or value != value or value in (float("inf"),):
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} must be a finite number >= {minimum}")
+        raise ConfigurationError(f"{where} = {raw!r} is not a number") from None
+    if not (minimum <= value < float("inf")):
+        raise ConfigurationError(f"{where} = {raw!r} must be a finite number >= {minimum}")
     return value
 
 
-def _parse_int(key: str, raw: str, source: str, *, minimum: int = 0) -> int:
+def parse_int(where: str, raw: str, *, minimum: int = 0) -> int:
+    """A whole number >= ``minimum`` or a ConfigurationError naming ``where`` and the value."""
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a whole number") from None
+        raise ConfigurationError(f"{where} = {raw!r} is not a whole number") from None
     if value < minimum:
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} must be >= {minimum}")
+        raise ConfigurationError(f"{where} = {raw!r} must be >= {minimum}")
     return value
 
 
@@ -96,46 +93,46 @@ class Config:
             raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         # None means "not given": keep the file's value (callers pass optional arguments through)
         raw = {k: str(v) for k, v in settings.items() if v is not None}
-        values = _convert(raw, "keyword settings")
+        # a relative cache_root is taken relative to the current directory, once, here: a
+        # daemon that later changes directory must not look elsewhere
+        values = _convert(raw, _keyword, Path.cwd())
         return replace(self, **values)
 
 
-# ini key (as written, camelCase) -> (field name, converter)
-def _keys() -> dict[str, tuple[str, Callable[[str, str, str], Any]]]:
+# ini key (as written, camelCase) -> (field name, converter(where, raw))
+def _keys() -> dict[str, tuple[str, Callable[[str, str], Any]]]:
     return {
         "queueType": ("queue_type", _conv_queue_type),
-        "cacheRoot": ("cache_root", lambda k, v, s: _conv_path(k, v, s)),
+        "cacheRoot": ("cache_root", _conv_path),
         "fsync": ("fsync", _conv_fsync),
-        "fsyncInterval": ("fsync_interval", lambda k, v, s: _parse_float(k, v, s, minimum=0.001)),
-        "lockTimeout": ("lock_timeout", lambda k, v, s: _parse_float(k, v, s, minimum=0.0)),
-        "segmentSize": ("segment_size", lambda k, v, s: _parse_int(k, v, s, minimum=64 * 1024)),
-        "lease": ("lease", lambda k, v, s: _parse_float(k, v, s, minimum=0.001)),
+        "fsyncInterval": ("fsync_interval", lambda w, v: parse_float(w, v, minimum=0.001)),
+        "lockTimeout": ("lock_timeout", lambda w, v: parse_float(w, v, minimum=0.0)),
+        "segmentSize": ("segment_size", lambda w, v: parse_int(w, v, minimum=64 * 1024)),
+        "lease": ("lease", lambda w, v: parse_float(w, v, minimum=0.001)),
     }
 
 
-def _conv_queue_type(key: str, raw: str, source: str) -> str:
+def _conv_queue_type(where: str, raw: str) -> str:
     value = raw.strip().lower()
     from .factory import QueueFactory  # the factory owns the registry of backends
 
     valid = QueueFactory.queue_types()
     if value not in valid:
-        raise ConfigurationError(
-            f"{source}: [queue] {key} = {raw!r} is not a known queue type; valid: {', '.join(valid)}"
-        )
+        raise ConfigurationError(f"{where} = {raw!r} is not a known queue type; valid: {', '.join(valid)}")
     return value
 
 
-def _conv_fsync(key: str, raw: str, source: str) -> str:
+def _conv_fsync(where: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in FSYNC_MODES:
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r}; valid: {', '.join(FSYNC_MODES)}")
+        raise ConfigurationError(f"{where} = {raw!r}; valid: {', '.join(FSYNC_MODES)}")
     return value
 
 
-def _conv_path(key: str, raw: str, source: str) -> Path:
+def _conv_path(where: str, raw: str) -> Path:
     value = raw.strip()
     if not value or "\x00" in value:
-        raise ConfigurationError(f"{source}: [queue] {key} = {raw!r} is not a usable path")
+        raise ConfigurationError(f"{where} = {raw!r} is not a usable path")
     return Path(os.path.expanduser(os.path.expandvars(value)))
 
 
@@ -147,23 +144,30 @@ def _unquote(value: str) -> str:
     return value
 
 
-def _convert(raw: Mapping[str, str], source: str, *, base_dir: Path | None = None) -> dict[str, Any]:
+def _convert(raw: Mapping[str, str], describe: Callable[[str], str], base_dir: Path) -> dict[str, Any]:
+    """Convert raw values by field name; relative paths resolve against ``base_dir``."""
     by_field = {name: (key, conv) for key, (name, conv) in _keys().items()}
     out: dict[str, Any] = {}
     for name, value in raw.items():
         key, conv = by_field[name]
-        out[name] = conv(key, value, source)
-        if name == "cache_root" and base_dir is not None and not out[name].is_absolute():
-            out[name] = (base_dir / out[name]).resolve()  # relative to the config file
+        out[name] = conv(describe(key if describe is not _keyword else name), value)
+        if name == "cache_root" and not out[name].is_absolute():
+            out[name] = (base_dir / out[name]).resolve()
     return out
+
+
+def _keyword(name: str) -> str:
+    return f"setting {name}"
 
 
 def find_config_file(config: str | os.PathLike[str] | None = None) -> Path | None:
     """The config file to use under the lookup order, or None when there is none."""
     if config is not None:
         path = Path(config)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigurationError(f"config file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise ConfigurationError(f"config file {str(path)!r} is not a file")
         return path
     env = os.environ.get(ENV_VAR)
     if env:
@@ -174,7 +178,7 @@ def find_config_file(config: str | os.PathLike[str] | None = None) -> Path | Non
     for candidate in (
         Path("config.ini"),
         Path(platformdirs.user_config_dir(APP_NAME)) / "config.ini",
-        Path("/etc") / APP_NAME / "config.ini",
+        SYSTEM_CONFIG,
     ):
         if candidate.is_file():
             return candidate
@@ -190,13 +194,14 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
     if isinstance(config, Config):
         return config.with_overrides(**settings) if settings else config
     path = find_config_file(config)
-    parser = configparser.ConfigParser(interpolation=None)
+    # No DEFAULT section: its keys would otherwise appear in every section.
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00no-default")
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep camelCase keys
     base = Config()
     if path is not None:
         source = str(path)
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # -sig: files saved with a BOM
                 parser.read_file(fh, source=source)
         except (configparser.Error, UnicodeDecodeError, OSError) as exc:
             raise ConfigurationError(f"{source}: cannot read config: {str(exc).splitlines()[0]}") from None
@@ -204,6 +209,7 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
         if parser.has_section("queue"):
             keys = _keys()
             lower = {k.lower(): k for k in keys}
+            seen: dict[str, str] = {}
             for key, value in parser.items("queue"):
                 canonical = lower.get(key.lower())
                 if canonical is None:
@@ -211,8 +217,11 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
                         continue  # read by the features that own them
                     valid = ", ".join(sorted(keys) + sorted(_LATER_KEYS_CASED))
                     raise ConfigurationError(f"{source}: unknown key [queue] {key}; valid: {valid}")
+                if canonical in seen:
+                    raise ConfigurationError(f"{source}: [queue] {key} repeats [queue] {seen[canonical]}")
+                seen[canonical] = key
                 raw[keys[canonical][0]] = _unquote(value)
-        values = _convert(raw, source, base_dir=path.resolve().parent)
+        values = _convert(raw, lambda key: f"{source}: [queue] {key}", path.resolve().parent)
         base = replace(base, source=path.resolve(), parser=parser, **values)
     return base.with_overrides(**settings) if settings else base
 
