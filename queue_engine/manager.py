@@ -288,7 +288,8 @@ class QueueManager(ABC):
     def add_failed(self, queue: str, message: QueueMessage, errors: list[str]) -> str:
         """Store ``message`` straight into the failed store (direct mode); return its uuid.
 
-        A uuid already set on ``message`` is kept (direct mode shows it to the worker before
+        ``message.attempts`` (the attempts made before storing) is kept too. A uuid already
+        set on ``message`` is kept (direct mode shows it to the worker before
         anything is stored), unless another message of the queue has it; otherwise one is minted.
         """
         return self._add_failed(validate_queue_name(queue), self._check_message(message), [str(e) for e in errors])

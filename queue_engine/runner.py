@@ -192,16 +192,13 @@ class MessageHandler:
         message.inserted_at = datetime.now(timezone.utc)
         message.queue = self.queue
         errors: list[str] = []
-        # Audit records wait for the end: the failed store may give the message another uuid.
-        done: list[tuple[int, Attempt, str, str | None]] = []
         limit = self.settings.max_attempts(message)
         while True:
             message.attempts += 1
             att = self.attempt(message)
             if att.error is None:
-                done.append((message.attempts, att, "success", None))
                 self.manager.update_last_message_processed(self.queue, message)
-                self._record_all(message, done)
+                self.record(message, att, "success", None)
                 self.succeeded(message, att.result)
                 return message.uuid
             text = error_text(att.error)
@@ -211,27 +208,16 @@ class MessageHandler:
                     "%s message %s failed for good in direct mode (attempt %d of %d): %s",
                     self.queue, message.uuid, message.attempts, limit, text, exc_info=att.error,
                 )
-                done.append((message.attempts, att, "failed", text))
-                stored = self.manager.add_failed(self.queue, message, errors)
-                message.uuid = stored
+                self.manager.add_failed(self.queue, message, errors)  # keeps message.uuid
                 self.manager.update_last_message_processed(self.queue, message)
-                self._record_all(message, done)
+                self.record(message, att, "failed", text)
                 self.failed(message, att.error)
-                return stored
+                return message.uuid
             logger.warning(
                 "%s message %s attempt %d of %d failed in direct mode, retrying at once: %s",
                 self.queue, message.uuid, message.attempts, limit, text,
             )
-            done.append((message.attempts, att, "retry", text))
-
-    def _record_all(self, message: QueueMessage, done: list[tuple[int, Attempt, str, str | None]]) -> None:
-        attempts = message.attempts
-        try:
-            for number, att, outcome, text in done:
-                message.attempts = number
-                self.record(message, att, outcome, text)
-        finally:
-            message.attempts = attempts
+            self.record(message, att, "retry", text)
 
 
 def run_direct(manager: QueueManager, worker: Worker, settings: WorkerSettings, message: QueueMessage) -> str:

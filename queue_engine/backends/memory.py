@@ -342,7 +342,9 @@ class MemoryQueueManager(QueueManager):
             now = time.time()
             q.counter += 1
             record = dict(message.to_record(), uuid=uid, data=text, inserted_at=now)
-            q.failed[uid] = _Entry(record, order=q.counter, errors=list(errors), failed_at=now)
+            q.failed[uid] = _Entry(
+                record, attempts=message.attempts, order=q.counter, errors=list(errors), failed_at=now
+            )
             message.uuid, message.inserted_at = uid, from_epoch(now)
             self._touch(q)
             return uid

@@ -130,10 +130,10 @@ def test_failed_store_survives_reopen(backend: str, open_manager: Callable[[], Q
 
 def test_add_failed_keeps_a_given_uuid(manager: QueueManager) -> None:
     given = "0f8fad5b-d9cb-469f-a165-70867728950e"
-    uid = manager.add_failed(Q, QueueMessage(data="direct", uuid=given), ["e"])
+    uid = manager.add_failed(Q, QueueMessage(data="direct", uuid=given, attempts=3), ["e1", "e2", "e3"])
     assert uid == given
     [entry] = manager.failed_messages(Q)
-    assert entry.message.uuid == given
+    assert (entry.message.uuid, entry.message.attempts) == (given, 3)
     assert manager.requeue_failed(Q, uuids=[given]) == [given]
     assert [m.uuid for m in manager.find_messages(Q, uuid=given)] == [given]
     got = manager.get_message(Q)

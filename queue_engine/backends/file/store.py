@@ -976,7 +976,8 @@ class QueueStore:
                 msg.uuid = mint_uuid(seq, view.uuid_key)
             msg.inserted_at = from_epoch(now / 1000)
             add = encode(RecordType.ADD, seq, _message_body(msg, data_json), flags=flags, arg=_due_ms(msg), ts=now)
-            fail = encode(RecordType.FAIL, seq, json.dumps({"errors": errors}).encode(), ts=now)
+            body = json.dumps({"errors": errors, "attempts": msg.attempts}).encode()
+            fail = encode(RecordType.FAIL, seq, body, ts=now)
             seg = self._append([add, fail], [(seq, 0)])
         self.sync_after_write(seg)
         return msg.uuid

@@ -402,7 +402,8 @@ class QueueView:
             change = json.loads(bytes(body))
             errors = change["errors"] if "errors" in change else [change.get("error") or ""]
             e.errors = e.errors + [str(x) for x in errors]
-            self._change(e, FAILED, due=0, deadline=0, holder="", failed_at=h.ts)
+            attempts = int(change.get("attempts", e.attempts))  # add_failed: attempts made elsewhere
+            self._change(e, FAILED, due=0, deadline=0, holder="", failed_at=h.ts, attempts=attempts)
             self.drop_alias(seq)  # a failed message is not pending: its alias is free
             return
         if t == RecordType.REQUEUE:
