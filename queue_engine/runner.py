@@ -157,7 +157,7 @@ class MessageHandler:
             logger.error(
                 "%s message %s failed for good (attempt %d of %d): %s",
                 self.queue, message.uuid, message.attempts, self.settings.max_attempts(message), text,
-                exc_info=att.error,
+                exc_info=self._traceback(att.error),
             )
             settled = self._settle(message, "fail", lambda: self.manager.fail(self.queue, message, text))
             if settled:
@@ -173,6 +173,10 @@ class MessageHandler:
         )
         self._settle(message, "release", lambda: self.manager.release(self.queue, message, delay=delay, error=text))
         self.record(message, att, "retry", text)
+
+    def _traceback(self, error: Exception) -> Exception | None:
+        """The traceback worth logging: none for an error the worker declared unrecoverable."""
+        return None if self.settings.is_unrecoverable(error) else error
 
     def _settle(self, message: QueueMessage, what: str, action: Callable[[], None]) -> bool:
         try:
@@ -206,7 +210,7 @@ class MessageHandler:
             if self.is_final(message, att.error):
                 logger.error(
                     "%s message %s failed for good in direct mode (attempt %d of %d): %s",
-                    self.queue, message.uuid, message.attempts, limit, text, exc_info=att.error,
+                    self.queue, message.uuid, message.attempts, limit, text, exc_info=self._traceback(att.error),
                 )
                 self.manager.add_failed(self.queue, message, errors)  # keeps message.uuid
                 self.manager.update_last_message_processed(self.queue, message)
