@@ -58,6 +58,7 @@ class RecordType:
     MOVE = 14  # a pending message's body copied forward so old segments can go; state unchanged
     FAIL = 15  # to the failed store; body = {"error": text} or {"errors": [...]}
     REQUEUE = 16  # failed message back to the queue, same place; body = {"alias": alias or null}
+    CLEAN = 17  # segments below seq were deleted: every process unmaps them (frees their space)
 
 
 class Flag:

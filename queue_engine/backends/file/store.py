@@ -172,6 +172,7 @@ class QueueStore:
         self._since_checkpoint = 0
         self._last_holder_check = 0.0
         self._loaded = False
+        self._cleaning = False
         self.dirty = False  # written since the last fdatasync (fsync=batch)
         self.closed = False
         with self._locked():
@@ -402,6 +403,9 @@ class QueueStore:
             body.release()
         if h.type == RecordType.SEGMENT:
             bisect.insort(self._seg_starts, (h.seq, loc[0]))
+        elif h.type == RecordType.CLEAN:
+            for segno in [n for n in self._segments if n < h.seq]:
+                self._segments.pop(segno).close()
 
     def _cut_tail(self, seg: Segment, off: int, why: str) -> None:
         """Quarantine and zero the bytes from ``off`` to the last written byte of ``seg``."""
@@ -512,9 +516,10 @@ class QueueStore:
             self.dirty = True
         self._replay()
         view = self.view
-        if self._since_checkpoint > _CHECKPOINT_BYTES or (
+        if not self._cleaning and (
+            self._since_checkpoint > _CHECKPOINT_BYTES
             # drained: give the space of old segments back now rather than at the next roll
-            len(view.segments) > 1 and not view.stream_count and not view.entries
+            or (len(view.segments) > 1 and not view.stream_count and not view.entries)
         ):
             self._checkpoint()
         return seg
@@ -577,6 +582,13 @@ class QueueStore:
                 except FileNotFoundError:
                     pass
         self._seg_starts = [(f, n) for f, n in self._seg_starts if n >= keep]
+        if doomed:
+            # Other processes may still map what was deleted, which keeps its space allocated.
+            self._cleaning = True  # the append below must not start another checkpoint
+            try:
+                self._append([encode(RecordType.CLEAN, keep, ts=_now_ms())])
+            finally:
+                self._cleaning = False
 
     def _move_stragglers(self) -> None:
         """Copy bodies of long-pending messages (disabled, deferred, in flight) that sit in

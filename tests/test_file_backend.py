@@ -1,0 +1,170 @@
+"""The file backend's own machinery: segments, checkpoints, space reclamation, recovery paths.
+
+The contract suite checks behaviour every backend shares; these tests aim at the parts only
+the file backend has, with small segments so rolls and cleanups happen within a test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from queue_engine import QueueFactory, QueueMessage
+from queue_engine.backends.file import FileQueueManager
+from queue_engine.backends.file.store import mint_uuid, seq_of_uuid
+
+SMALL = 64 * 1024  # smallest segment size: rolls every few hundred messages
+
+
+def open_manager(root: Path, **settings: object) -> FileQueueManager:
+    settings.setdefault("fsync", "never")
+    settings.setdefault("segment_size", SMALL)
+    manager = QueueFactory.get_queue_manager(queue_type="file", cache_root=root, **settings)
+    assert isinstance(manager, FileQueueManager)
+    return manager
+
+
+def segments(root: Path, queue: str = "q") -> list[str]:
+    return sorted(p.name for p in (root / "queues" / queue / "log").glob("*.log"))
+
+
+def payload(i: int) -> dict[str, object]:
+    return {"i": i, "pad": "x" * 200}
+
+
+@pytest.mark.parametrize("fsync", ["always", "batch", "never"])
+def test_every_fsync_mode_round_trips(tmp_path: Path, fsync: str) -> None:
+    with open_manager(tmp_path, fsync=fsync, fsync_interval=0.01) as m:
+        uuids = m.add_messages("q", [QueueMessage(data=payload(i)) for i in range(400)])  # rolls segments
+        m.flush()
+    with open_manager(tmp_path, fsync=fsync) as m:
+        got = [m.get_message("q") for _ in range(400)]
+        assert [g.uuid for g in got if g] == uuids
+        assert m.get_message("q") is None
+
+
+def test_space_is_reclaimed_after_a_drain(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        for round_ in range(5):
+            m.add_messages("q", [QueueMessage(data=payload(i)) for i in range(300)])
+            while m.get_message("q") is not None:
+                pass
+        assert len(segments(tmp_path)) == 1
+
+
+def test_a_long_disabled_message_does_not_pin_old_segments(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        held = m.add_message("q", QueueMessage(data="held", alias="h", disabled=True))
+        for _ in range(10):
+            m.add_messages("q", [QueueMessage(data=payload(i)) for i in range(300)])
+            while m.get_message("q") is not None:
+                pass
+        assert len(segments(tmp_path)) <= 2  # the held message moved forward with the log
+        [found] = m.find_messages("q", alias="h")
+        assert (found.uuid, found.data, found.disabled) == (held, "held", True)
+    with open_manager(tmp_path) as m:  # and it survives a reopen from the checkpoint
+        [found] = m.find_messages("q", uuid=held)
+        found.disabled = False
+        m.update_message("q", found)
+        got = m.get_message("q")
+        assert got is not None and got.uuid == held
+
+
+def test_a_process_that_lags_behind_a_cleanup_reloads_the_checkpoint(tmp_path: Path) -> None:
+    laggard = open_manager(tmp_path)
+    laggard.add_message("q", QueueMessage(data="first"))
+    busy = open_manager(tmp_path)
+    for _ in range(6):  # rolls and deletes the segments the laggard last read
+        busy.add_messages("q", [QueueMessage(data=payload(i)) for i in range(300)])
+        while busy.get_message("q") is not None:
+            pass
+    last = busy.add_message("q", QueueMessage(data="last"))
+    assert "0000000001.log" not in segments(tmp_path)
+    got = laggard.get_message("q")
+    assert got is not None and got.uuid == last
+    assert laggard.queue_status("q").messages_to_process == 0
+    laggard.close()
+    busy.close()
+
+
+def test_no_process_keeps_deleted_segments_mapped(tmp_path: Path) -> None:
+    reader = open_manager(tmp_path)
+    writer = open_manager(tmp_path)
+    for _ in range(6):
+        writer.add_messages("q", [QueueMessage(data=payload(i)) for i in range(300)])
+        while reader.get_message("q") is not None:
+            pass
+    # A handle learns of a cleanup at its next operation (it cannot before): do one on each.
+    writer.queue_status("q")
+    reader.queue_status("q")
+    deleted = [
+        link for link in os.listdir(f"/proc/{os.getpid()}/map_files")
+        if os.readlink(f"/proc/{os.getpid()}/map_files/{link}").endswith(".log (deleted)")
+    ]
+    assert deleted == []
+    reader.close()
+    writer.close()
+
+
+def test_a_message_bigger_than_a_segment(tmp_path: Path) -> None:
+    big = "y" * (3 * SMALL)
+    with open_manager(tmp_path) as m:
+        uid = m.add_message("q", QueueMessage(data=big))
+        m.add_message("q", QueueMessage(data="after"))
+    with open_manager(tmp_path) as m:
+        [found] = m.find_messages("q", uuid=uid)
+        assert found.data == big
+        assert [m.get_message("q").data for _ in range(2)] == [big, "after"]  # type: ignore[union-attr]
+
+
+def test_find_by_uuid_survives_a_lost_index_entry(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        uuids = m.add_messages("q", [QueueMessage(data=i) for i in range(50)])
+    idx = next((tmp_path / "queues" / "q" / "log").glob("*.idx"))
+    with open(idx, "r+b") as fh:  # as if the writer died between the record and its index slot
+        fh.seek(8)
+        fh.write(b"\0" * 4 * 60)
+    with open_manager(tmp_path) as m:
+        assert [m.find_messages("q", uuid=u)[0].data for u in uuids[::7]] == list(range(50))[::7]
+
+
+def test_reopen_after_checkpoint_matches_a_full_replay(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        m.add_messages("q", [QueueMessage(data=i, alias=f"a{i}") for i in range(600)])
+        for _ in range(250):
+            r = m.reserve("q", lease=600)
+            assert r is not None
+            if r.data % 3 == 0:
+                m.release("q", r, delay=3600)
+            else:
+                m.ack("q", r)
+        before = m.queue_status("q").to_dict()
+    assert (tmp_path / "queues" / "q" / "checkpoint.json").exists()
+    with open_manager(tmp_path) as m:
+        assert m.queue_status("q").to_dict() == before
+    os.unlink(tmp_path / "queues" / "q" / "checkpoint.json")  # replay whatever log is left
+    with open_manager(tmp_path) as m:
+        after = m.queue_status("q").to_dict()
+        assert (after["ready"], after["deferred"]) == (before["ready"], before["deferred"])
+
+
+def test_uuid_minting_round_trips_and_looks_random() -> None:
+    key = 0x5A5A5A5A5A5A
+    minted = [mint_uuid(seq, key) for seq in range(1, 200)]
+    assert [seq_of_uuid(u, key) for u in minted] == list(range(1, 200))
+    assert all(uuidlib.UUID(u).version == 8 for u in minted)
+    assert len({u[:8] for u in minted}) > 150  # consecutive seqs do not share a prefix
+    assert seq_of_uuid(str(uuidlib.uuid4()), key) is None
+    assert seq_of_uuid("not-a-uuid", key) is None
+
+
+def test_data_directories_and_files_are_private(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        m.add_message("q", QueueMessage(data=1))
+    qdir = tmp_path / "queues" / "q"
+    assert (qdir.stat().st_mode & 0o777, (qdir / "log").stat().st_mode & 0o777) == (0o700, 0o700)
+    for path in [qdir / "lock", *(qdir / "log").iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o600, path
