@@ -48,7 +48,7 @@ def test_every_fsync_mode_round_trips(tmp_path: Path, fsync: str) -> None:
 
 def test_space_is_reclaimed_after_a_drain(tmp_path: Path) -> None:
     with open_manager(tmp_path) as m:
-        for round_ in range(5):
+        for _ in range(5):
             m.add_messages("q", [QueueMessage(data=payload(i)) for i in range(300)])
             while m.get_message("q") is not None:
                 pass
