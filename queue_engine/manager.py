@@ -338,6 +338,28 @@ class QueueManager(ABC):
         wanted = None if uuids is None else set(uuids)
         return self._forget_failed(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), wanted)
 
+    # -- moving queues between backends ---------------------------------------------------
+    @_records_errors
+    def export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]:
+        """Every message of ``queue``: pending ones (ready, deferred, disabled; in-flight ones as
+        ready) in queue order, then the failed store. Uuids, aliases, insertion times and
+        attempt counts are kept, so :meth:`import_messages` can recreate them elsewhere."""
+        return self._export_messages(validate_queue_name(queue))
+
+    @_records_errors
+    def import_messages(self, queue: str, items: Iterable[QueueMessage | FailedMessage]) -> int:
+        """Recreate exported messages with their uuids (creating the queue); return how many
+        were added. A uuid the queue already has, pending or failed, is skipped, so an
+        interrupted migration can simply be run again. A pending message whose alias another
+        pending message holds raises :class:`DuplicateAlias` and nothing is added."""
+        batch = list(items)
+        for item in batch:
+            message = item.message if isinstance(item, FailedMessage) else item
+            self._check_message(message)
+            if not message.uuid:
+                raise InvalidMessage("import_messages needs messages with a uuid (from export_messages)")
+        return self._import_messages(validate_queue_name(queue), batch) if batch else 0
+
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
     def _check_message(message: QueueMessage) -> QueueMessage:
@@ -431,6 +453,12 @@ class QueueManager(ABC):
 
     @abstractmethod
     def _forget_failed(self, queue: str, since: float | None, until: float | None, uuids: set[str] | None) -> int: ...
+
+    @abstractmethod
+    def _export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]: ...
+
+    @abstractmethod
+    def _import_messages(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int: ...
 
 
 def _epoch_or_none(value: datetime | None) -> float | None:

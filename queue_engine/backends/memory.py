@@ -405,3 +405,62 @@ class MemoryQueueManager(QueueManager):
             if selected:
                 self._touch(q)
             return len(selected)
+
+    # -- moving queues between backends ---------------------------------------------------
+    def _export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]:
+        with self._lock:
+            q = self._existing(queue)
+            out: list[QueueMessage | FailedMessage] = [self._message(queue, e) for e in q.entries.values()]
+            out += [
+                FailedMessage(
+                    self._message(queue, e), datetime.fromtimestamp(e.failed_at, tz=timezone.utc), list(e.errors)
+                )
+                for _, e in self._select_failed(q, None, None, None)
+            ]
+            return out
+
+    def _import_messages(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int:
+        with self._lock:
+            q = self._queues.get(queue) or _Queue()
+            fresh: list[QueueMessage | FailedMessage] = []
+            seen: set[str] = set()
+            for item in items:  # check everything before changing anything
+                message = item.message if isinstance(item, FailedMessage) else item
+                uid = str(message.uuid)
+                if uid in seen or uid in q.entries or uid in q.failed:
+                    continue
+                seen.add(uid)
+                if not isinstance(item, FailedMessage) and message.alias is not None:
+                    holder = q.aliases.get(message.alias)
+                    taken = {m.alias for m in fresh if isinstance(m, QueueMessage)}
+                    if holder is not None or message.alias in taken:
+                        raise DuplicateAlias(
+                            f"alias {message.alias!r} is already held by pending message {holder} in queue {queue!r}",
+                            queue=queue,
+                            alias=message.alias,
+                            uuid=holder or "",
+                        )
+                fresh.append(item)
+            self._queues[queue] = q
+            now = time.time()
+            for item in fresh:
+                message = item.message if isinstance(item, FailedMessage) else item
+                uid = str(message.uuid)
+                inserted = message.inserted_at.timestamp() if message.inserted_at else now
+                record = dict(message.to_record(), uuid=uid, data=encode_data(message.data), inserted_at=inserted)
+                q.counter += 1
+                if isinstance(item, FailedMessage):
+                    q.failed[uid] = _Entry(
+                        record,
+                        attempts=message.attempts,
+                        order=q.counter,
+                        errors=list(item.errors),
+                        failed_at=item.failed_at.timestamp(),
+                    )
+                else:
+                    q.entries[uid] = _Entry(record, order=q.counter)
+                    if message.alias is not None:
+                        q.aliases[message.alias] = uid
+            if fresh:
+                self._touch(q)
+            return len(fresh)

@@ -173,11 +173,6 @@ class FileQueueManager(QueueManager):
         result: list[str] = self._retrying(queue, lambda s: s.add(messages, on_duplicate), create=True)
         return result
 
-    def import_messages(self, queue: str, messages: list[QueueMessage]) -> list[str]:
-        """Add messages keeping their uuid and insertion time (used by migrations)."""
-        result: list[str] = self._retrying(queue, lambda s: s.add(messages, "ignore", keep_uuid=True), create=True)
-        return result
-
     def _get_message(self, queue: str) -> QueueMessage | None:
         result: QueueMessage | None = self._retrying(queue, lambda s: s.get(), missing=None)
         return result
@@ -236,6 +231,15 @@ class FileQueueManager(QueueManager):
 
     def _forget_failed(self, queue: str, since: float | None, until: float | None, uuids: set[str] | None) -> int:
         result: int = self._retrying(queue, lambda s: s.forget_failed(since, until, uuids))
+        return result
+
+
+    def _export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]:
+        result: list[QueueMessage | FailedMessage] = self._retrying(queue, lambda s: s.export())
+        return result
+
+    def _import_messages(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int:
+        result: int = self._retrying(queue, lambda s: s.import_(items), create=True)
         return result
 
 

@@ -45,6 +45,7 @@ from ...errors import (
     MessageNotFound,
     StorageError,
 )
+from ...manager import MessageFilter
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...status import FailedMessage, MessageRef, QueueStatus
 from .records import HEADER_SIZE, Flag, Header, RecordType, body_valid, encode, read_header
@@ -658,7 +659,7 @@ class QueueStore:
         return None
 
     # -- operations ---------------------------------------------------------------------
-    def add(self, messages: list[QueueMessage], on_duplicate: str, *, keep_uuid: bool = False) -> list[str]:
+    def add(self, messages: list[QueueMessage], on_duplicate: str) -> list[str]:
         """Append ``messages`` as one all-or-none group; see QueueManager.add_message."""
         with self._locked() as view:
             now = _now_ms()
@@ -709,12 +710,9 @@ class QueueStore:
                     uuids.append(target[1])
                     continue
                 # a kept uuid is indexed unless it happens to decode to the seq it gets here
-                foreign = keep_uuid and bool(msg.uuid) and seq_of_uuid(msg.uuid or "", view.uuid_key) != seq
-                if not (keep_uuid and msg.uuid):
-                    msg.uuid = mint_uuid(seq, view.uuid_key)
-                if not (keep_uuid and msg.inserted_at):
-                    msg.inserted_at = from_epoch(now / 1000)
-                flags = _flags(msg) | (Flag.FOREIGN_UUID if foreign else 0)
+                msg.uuid = mint_uuid(seq, view.uuid_key)
+                msg.inserted_at = from_epoch(now / 1000)
+                flags = _flags(msg)
                 items.append((RecordType.ADD, seq, _message_body(msg, data_json), flags, _due_ms(msg)))
                 if alias is not None:
                     batch[alias] = (seq, msg.uuid, len(items) - 1)
@@ -876,25 +874,29 @@ class QueueStore:
         self.sync_after_write(seg)
 
     def find(self, flt: Any, limit: int | None) -> list[QueueMessage]:
-        with self._locked() as view:
+        with self._locked():
             if flt.uuid is not None or flt.alias is not None:
                 return self._find_indexed(flt, limit)
-            out: list[QueueMessage] = []
-            if limit == 0:
-                return out
-            entries = sorted((e for e in view.entries.values() if e.state != FAILED), key=lambda e: e.seq)
-            ei = 0
-            for seq, loc in self._iter_stream():
-                while ei < len(entries) and entries[ei].seq < seq:
-                    if self._collect(entries[ei].loc, entries[ei].attempts, flt, out, limit):
-                        return out
-                    ei += 1
-                if self._collect(loc, 0, flt, out, limit):
-                    return out
-            for e in entries[ei:]:
-                if self._collect(e.loc, e.attempts, flt, out, limit):
-                    return out
+            return self._scan_pending(flt, limit)
+
+    def _scan_pending(self, flt: Any, limit: int | None) -> list[QueueMessage]:
+        """Pending messages (in flight included) matching ``flt``, in queue order. Under the lock."""
+        out: list[QueueMessage] = []
+        if limit == 0:
             return out
+        entries = sorted((e for e in self.view.entries.values() if e.state != FAILED), key=lambda e: e.seq)
+        ei = 0
+        for seq, loc in self._iter_stream():
+            while ei < len(entries) and entries[ei].seq < seq:
+                if self._collect(entries[ei].loc, entries[ei].attempts, flt, out, limit):
+                    return out
+                ei += 1
+            if self._collect(loc, 0, flt, out, limit):
+                return out
+        for e in entries[ei:]:
+            if self._collect(e.loc, e.attempts, flt, out, limit):
+                return out
+        return out
 
     def _collect(self, loc: Loc, attempts: int, flt: Any, out: list[QueueMessage], limit: int | None) -> bool:
         record = self._read(loc)
@@ -1013,14 +1015,14 @@ class QueueStore:
             selected = self._failed_entries(since, until, None)
         if limit is not None:
             selected = selected[:limit]
-        return [
-            FailedMessage(
-                QueueMessage.from_record(record, attempts=e.attempts, queue=self.name),
-                datetime.fromtimestamp(e.failed_at / 1000, tz=timezone.utc),
-                list(e.errors),
-            )
-            for e, record in selected
-        ]
+        return [self._failed_message(e, record) for e, record in selected]
+
+    def _failed_message(self, e: Entry, record: dict[str, Any]) -> FailedMessage:
+        return FailedMessage(
+            QueueMessage.from_record(record, attempts=e.attempts, queue=self.name),
+            datetime.fromtimestamp(e.failed_at / 1000, tz=timezone.utc),
+            list(e.errors),
+        )
 
     def requeue_failed(self, since: float | None, until: float | None, uuids: set[str] | None) -> list[str]:
         with self._locked() as view:
@@ -1048,6 +1050,87 @@ class QueueStore:
             seg = self._append(_as_group(records))
         self.sync_after_write(seg)
         return len(records)
+
+    # -- migrations -------------------------------------------------------------------------
+    def export(self) -> list[QueueMessage | FailedMessage]:
+        """Pending messages in queue order, then the failed store: one consistent snapshot."""
+        with self._locked():
+            out: list[QueueMessage | FailedMessage] = list(self._scan_pending(MessageFilter(), None))
+            out += [self._failed_message(e, record) for e, record in self._failed_entries(None, None, None)]
+        return out
+
+    def _known_uuid(self, uuid: str) -> bool:
+        """Whether the queue has message ``uuid`` in any state (failed included)."""
+        view = self.view
+        for seq in (seq_of_uuid(uuid, view.uuid_key), view.foreign.get(uuid)):
+            if seq is None:
+                continue
+            e = view.entries.get(seq)
+            found = self._pending_loc(seq) if e is None else (e.loc, e.state, e.attempts)
+            if found is not None and self._has_uuid(found[0], uuid):
+                return True
+        return False
+
+    def import_(self, items: list[QueueMessage | FailedMessage]) -> int:
+        """Recreate exported messages keeping uuid, alias, insertion time; skip known uuids."""
+        with self._locked() as view:
+            now = _now_ms()
+            seq = view.next_seq
+            records: list[bytes] = []
+            adds: list[tuple[int, int]] = []
+            size = 0
+            seen: set[str] = set()
+            aliases: set[str] = set()
+            for item in items:
+                failed = item if isinstance(item, FailedMessage) else None
+                msg = item.message if isinstance(item, FailedMessage) else item
+                uuid = str(msg.uuid)
+                if uuid in seen or self._known_uuid(uuid):
+                    continue
+                seen.add(uuid)
+                flags = _flags(msg)
+                if seq_of_uuid(uuid, view.uuid_key) != seq:
+                    flags |= Flag.FOREIGN_UUID
+                if failed is not None:
+                    flags = (flags & ~Flag.ALIAS) | Flag.FAILED
+                elif msg.alias is not None:
+                    if msg.alias in view.alias_index or msg.alias in aliases:
+                        raise DuplicateAlias(
+                            f"queue {self.name!r} already has a pending message with alias {msg.alias!r}; "
+                            f"cannot import {uuid}",
+                            queue=self.name,
+                            alias=msg.alias,
+                        )
+                    aliases.add(msg.alias)
+                if msg.inserted_at is None:
+                    msg.inserted_at = from_epoch(now / 1000)
+                group = [
+                    encode(
+                        RecordType.ADD,
+                        seq,
+                        _message_body(msg, encode_data(msg.data)),
+                        flags=flags,
+                        arg=_due_ms(msg),
+                        ts=now,
+                    )
+                ]
+                if failed is not None:
+                    body = {
+                        "errors": failed.errors,
+                        "attempts": msg.attempts,
+                        "failed_at": int(failed.failed_at.timestamp() * 1000),
+                    }
+                    group.append(encode(RecordType.FAIL, seq, json.dumps(body).encode(), ts=now))
+                adds.append((seq, size))
+                for rec in group:
+                    records.append(rec)
+                    size += len(rec)
+                seq += 1
+            if not records:
+                return 0
+            seg = self._append(_as_group(records), adds)
+        self.sync_after_write(seg)
+        return len(seen)
 
     def mark_destroyed(self) -> None:
         with self._locked():

@@ -403,7 +403,8 @@ class QueueView:
             errors = change["errors"] if "errors" in change else [change.get("error") or ""]
             e.errors = e.errors + [str(x) for x in errors]
             attempts = int(change.get("attempts", e.attempts))  # add_failed: attempts made elsewhere
-            self._change(e, FAILED, due=0, deadline=0, holder="", failed_at=h.ts, attempts=attempts)
+            failed_at = int(change.get("failed_at", h.ts))  # an import keeps the original time
+            self._change(e, FAILED, due=0, deadline=0, holder="", failed_at=failed_at, attempts=attempts)
             self.drop_alias(seq)  # a failed message is not pending: its alias is free
             return
         if t == RecordType.REQUEUE:
