@@ -20,6 +20,7 @@ run: $(STAMP)
 
 ## test: install test dependencies and run the whole suite
 test: $(STAMP)
+	bash scripts/ensure-services.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -80,6 +80,18 @@ class Config:
     segment_size: int = 16 * 1024 * 1024
     #: Default lease, in seconds, for ``reserve`` when the caller gives none.
     lease: float = 300.0
+    #: Redis backend: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, or the
+    #: components below (host, port, db, username, password); never both.
+    redis_url: str | None = None
+    redis_host: str | None = None
+    redis_port: int | None = None
+    redis_db: int | None = None
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    #: Prefix of every Redis key, so several applications can share one server.
+    redis_prefix: str = "qengine"
+    #: Seconds before a Redis connection or command gives up (StorageError, never a hang).
+    redis_timeout: float = 5.0
     #: The file the settings came from (None: defaults only).
     source: Path | None = None
     #: The whole parsed file, for sections later features read.
@@ -109,7 +121,54 @@ def _keys() -> dict[str, tuple[str, Callable[[str, str], Any]]]:
         "lockTimeout": ("lock_timeout", lambda w, v: parse_float(w, v, minimum=0.0)),
         "segmentSize": ("segment_size", lambda w, v: parse_int(w, v, minimum=64 * 1024)),
         "lease": ("lease", lambda w, v: parse_float(w, v, minimum=0.001)),
+        "redisUrl": ("redis_url", _conv_redis_url),
+        "redisHost": ("redis_host", _conv_text),
+        "redisPort": ("redis_port", lambda w, v: _conv_port(w, v)),
+        "redisDb": ("redis_db", lambda w, v: parse_int(w, v, minimum=0)),
+        "redisUsername": ("redis_username", _conv_text),
+        "redisPassword": ("redis_password", _conv_secret),
+        "redisPrefix": ("redis_prefix", _conv_prefix),
+        "redisTimeout": ("redis_timeout", lambda w, v: parse_float(w, v, minimum=0.001)),
     }
+
+
+_REDIS_COMPONENTS = ("redis_host", "redis_port", "redis_db", "redis_username", "redis_password")
+
+
+def _conv_text(where: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or "\x00" in value:
+        raise ConfigurationError(f"{where} = {raw!r} must be non-empty text")
+    return value
+
+
+def _conv_secret(where: str, raw: str) -> str:
+    if "\x00" in raw:
+        raise ConfigurationError(f"{where} holds a NUL character")  # never echo a password
+    return raw
+
+
+def _conv_port(where: str, raw: str) -> int:
+    value = parse_int(where, raw, minimum=1)
+    if value > 65535:
+        raise ConfigurationError(f"{where} = {raw!r} must be a port number from 1 to 65535")
+    return value
+
+
+def _conv_prefix(where: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c in value for c in "{}\x00 "):
+        raise ConfigurationError(f"{where} = {raw!r}: non-empty, without braces or spaces")
+    return value
+
+
+def _conv_redis_url(where: str, raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        # the URL may hold a password: show only its scheme
+        scheme = value.split(":", 1)[0] if ":" in value else value[:10]
+        raise ConfigurationError(f"{where} must start with redis://, rediss:// or unix:// (got {scheme!r}...)")
+    return value
 
 
 def _conv_queue_type(where: str, raw: str) -> str:
@@ -223,7 +282,21 @@ def load_config(config: str | os.PathLike[str] | Config | None = None, **setting
                 raw[keys[canonical][0]] = _unquote(value)
         values = _convert(raw, lambda key: f"{source}: [queue] {key}", path.resolve().parent)
         base = replace(base, source=path.resolve(), parser=parser, **values)
-    return base.with_overrides(**settings) if settings else base
+    resolved = base.with_overrides(**settings) if settings else base
+    _check_redis_form(resolved)
+    return resolved
+
+
+def _check_redis_form(config: Config) -> None:
+    """``redisUrl`` or the components, never both (as the seed's URI-or-components rule)."""
+    given = [name for name in _REDIS_COMPONENTS if getattr(config, name) is not None]
+    if config.redis_url is not None and given:
+        keys = {v[0]: k for k, v in _keys().items()}
+        where = str(config.source) if config.source else "settings"
+        raise ConfigurationError(
+            f"{where}: give redisUrl or {', '.join(keys[n] for n in _REDIS_COMPONENTS)}, not both "
+            f"(found redisUrl and {', '.join(keys[n] for n in given)})"
+        )
 
 
 # Keys that belong to [queue] but are read by other modules (workers, hooks, ...).

@@ -20,7 +20,10 @@ class QueueFactory:
         "file": "queue_engine.backends.file:FileQueueManager",
         "cache": "queue_engine.backends.file:FileQueueManager",  # the original's name
         "memory": "queue_engine.backends.memory:MemoryQueueManager",  # in-process, for tests
+        "redis": "queue_engine.backends.redis:RedisQueueManager",
     }
+    #: Extra a backend needs, named in the error when its client library is missing.
+    _extras: dict[str, str] = {"redis": "redis"}
 
     @classmethod
     def queue_types(cls) -> list[str]:
@@ -46,5 +49,14 @@ class QueueFactory:
                 f"unknown queue type {resolved.queue_type!r}; valid: {', '.join(cls.queue_types())}"
             )
         module_name, _, class_name = target.partition(":")
-        backend: type[QueueManager] = getattr(importlib.import_module(module_name), class_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            extra = cls._extras.get(resolved.queue_type)
+            if extra is None or exc.name == module_name:
+                raise
+            raise ConfigurationError(
+                f"queueType = {resolved.queue_type} needs the {exc.name!r} package: pip install 'qengine[{extra}]'"
+            ) from None
+        backend: type[QueueManager] = getattr(module, class_name)
         return backend(resolved)

@@ -14,7 +14,11 @@ from queue_engine.config import ENV_VAR, Config, find_config_file, load_config
 from queue_engine.errors import ConfigurationError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.ini.example"
-INI_KEYS = ("queueType", "cacheRoot", "fsync", "fsyncInterval", "lockTimeout", "segmentSize", "lease")
+REDIS_COMPONENT_KEYS = ("redisHost", "redisPort", "redisDb", "redisUsername", "redisPassword")
+INI_KEYS = (
+    "queueType", "cacheRoot", "fsync", "fsyncInterval", "lockTimeout", "segmentSize", "lease",
+    "redisUrl", "redisPrefix", "redisTimeout", *REDIS_COMPONENT_KEYS,
+)
 SYSTEM_CONFIG = Path("/etc/qengine/config.ini")
 
 
@@ -127,7 +131,7 @@ def test_every_key_is_read(isolated: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "says"),
     [
-        ("queueType", "redis", "not a known queue type"),
+        ("queueType", "rabbitmq", "not a known queue type"),
         ("queueType", "", "not a known queue type"),
         ("cacheRoot", "", "not a usable path"),
         ("fsync", "sometimes", "valid: always, batch, never"),
@@ -268,7 +272,7 @@ def test_unknown_keyword_setting_lists_the_valid_ones() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("fsync", "sometimes"), ("queue_type", "redis"), ("lease", 0), ("segment_size", 10), ("lock_timeout", True)],
+    [("fsync", "sometimes"), ("queue_type", "rabbitmq"), ("lease", 0), ("segment_size", 10), ("lock_timeout", True)],
 )
 def test_keyword_settings_are_validated(setting: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(repr(str(value)))):
@@ -285,6 +289,21 @@ def test_php_style_quoted_values_are_unquoted(isolated: Path, quoted: str) -> No
     path = write_ini(isolated / "php.ini", f"[queue]\ncacheRoot = {quoted}\nfsync = \"always\"\n")
     config = load_config(path)
     assert (config.cache_root, config.fsync) == (Path("/srv/q"), "always")
+
+
+def test_redis_url_and_components_are_exclusive(isolated: Path) -> None:
+    path = write_ini(isolated / "r.ini", "[queue]\nredisUrl = redis://h:1/0\nredisPort = 6380\n")
+    with pytest.raises(ConfigurationError, match=r"give redisUrl or .* not both \(found redisUrl and redisPort\)"):
+        load_config(path)
+    with pytest.raises(ConfigurationError, match="not both"):
+        load_config(redis_url="redis://h:1/0", redis_host="other")
+    assert load_config(redis_host="h", redis_port=6380).redis_port == 6380
+
+
+def test_redis_url_error_never_echoes_a_password(isolated: Path) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_config(redis_url="http://user:s3cret@host/0")
+    assert "s3cret" not in str(info.value)
 
 
 def test_relative_keyword_cache_root_is_resolved_once(isolated: Path) -> None:
@@ -348,7 +367,10 @@ def test_example_documents_every_key_with_its_default(isolated: Path) -> None:
 
     assert sorted(_keys()) == sorted(INI_KEYS)
     settings = _example_settings()
-    assert sorted(settings) == sorted(INI_KEYS + _LATER_KEYS_CASED)
+    # the Redis components exclude redisUrl, so they are documented in prose, not as defaults
+    assert sorted(settings) == sorted(set(INI_KEYS + _LATER_KEYS_CASED) - set(REDIS_COMPONENT_KEYS))
+    for component in REDIS_COMPONENT_KEYS:
+        assert component in EXAMPLE.read_text(encoding="utf-8")
     uncommented = queue_ini(isolated / "example.ini", **settings)
     config = load_config(uncommented)
     defaults = Config()
