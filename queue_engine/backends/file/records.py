@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
-__all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "encode", "read_header", "body_valid"]
+__all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "body_valid"]
 
 MAGIC = b"qE"
 HEADER = struct.Struct("<2sBBIQQQI")
@@ -59,6 +59,11 @@ class RecordType:
     FAIL = 15  # to the failed store; body = {"error": text} or {"errors": [...]}
     REQUEUE = 16  # failed message back to the queue, same place; body = {"alias": alias or null}
     CLEAN = 17  # segments below seq were deleted: every process unmaps them (frees their space)
+    PAD = 18  # written over damaged bytes (kept in quarantine/): readers skip it
+
+
+#: Every type a valid record can have.
+VALID_TYPES = frozenset(v for k, v in vars(RecordType).items() if not k.startswith("_"))
 
 
 class Flag:

@@ -27,14 +27,16 @@ import bisect
 import errno
 import fcntl
 import json
+import logging
 import os
 import random
+import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ...errors import (
     CorruptionError,
@@ -48,9 +50,11 @@ from ...errors import (
 from ...manager import MessageFilter
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...status import FailedMessage, MessageRef, QueueStatus
-from .records import HEADER_SIZE, Flag, Header, RecordType, body_valid, encode, read_header
+from .records import HEADER_SIZE, MAGIC, VALID_TYPES, Flag, Header, RecordType, body_valid, encode, read_header
 from .segments import Segment, create_segment, fsync_dir, segment_path
 from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
+
+logger = logging.getLogger("qengine.file")
 
 __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir", "DIR_MODE", "FILE_MODE"]
 
@@ -174,6 +178,9 @@ class QueueStore:
         self._last_holder_check = 0.0
         self._loaded = False
         self._cleaning = False
+        self._top = 0  # highest segment number known to exist
+        self._next_of: dict[int, int] = {}  # segment -> the one that follows it, where not n+1
+        self._reload_on_missing = False
         self.dirty = False  # written since the last fdatasync (fsync=batch)
         self.closed = False
         with self._locked():
@@ -182,10 +189,10 @@ class QueueStore:
     # -- lifecycle ----------------------------------------------------------------------
     def _open(self) -> None:
         self._close_files()
-        try:
-            self._lock_fd = os.open(self.path / "lock", os.O_RDWR)
-        except FileNotFoundError:
-            raise StorageError(f"queue {self.name!r} vanished while opening it") from None
+        if not self.log_dir.is_dir():
+            raise StorageError(f"queue {self.name!r} vanished while opening it")
+        # O_CREAT: a deleted lock file is recreated (it holds no data, only the flock)
+        self._lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         self._pid = os.getpid()
         self.view = QueueView()
         self._loaded = False
@@ -199,6 +206,8 @@ class QueueStore:
             view.position = view.cursor = (first, 0)
         self.view = view
         self._seg_starts = sorted((first, segno) for segno, first in view.segments.items())
+        self._top = max((int(p.stem) for p in self.log_dir.glob("*.log") if p.stem.isdigit()), default=0)
+        self._next_of = {}
         self._loaded = True
 
     def _read_checkpoint(self) -> QueueView | None:
@@ -312,7 +321,14 @@ class QueueStore:
     def _segment(self, segno: int) -> Segment:
         seg = self._segments.get(segno)
         if seg is None:
-            seg = Segment(self.log_dir, segno)
+            try:
+                seg = Segment(self.log_dir, segno)
+            except (ValueError, OSError) as exc:  # empty file (mmap refuses), bad index, ...
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise CorruptionError(f"queue {self.name!r}: segment {segno} cannot be opened: {exc}") from None
+            if segno > self._top:
+                self._top = segno
             self._segments[segno] = seg
             if len(self._segments) > 2:
                 self._unmap_behind()
@@ -326,73 +342,217 @@ class QueueStore:
 
     def _sync(self) -> None:
         """Apply every complete record after ``view.position``; cut a torn tail."""
+        self._reload_on_missing = True
         try:
             self._replay()
         except FileNotFoundError:
             # A segment we still had to read was deleted by another process's cleanup, which
-            # only happens after a newer checkpoint was written: restart from that.
+            # only happens after a newer checkpoint was written: restart from that. Whatever
+            # is still missing then was lost to damage and is skipped (and reported).
             self._load()
+            self._reload_on_missing = False
             self._replay()
+        finally:
+            self._reload_on_missing = False
 
     def _replay(self) -> None:
         view = self.view
         segno, off = view.position
         seg = self._segment(segno)
-        mm = seg.mm
-        size = seg.size
         applied = 0
         while True:
-            if off + HEADER_SIZE > size:
-                break
-            try:
-                h = read_header(mm, off)
-            except ValueError:
-                self._cut_tail(seg, off, "bad record header")
-                break
+            h = self._record(seg, off)
             if h is None:
-                break
+                nxt = self._after_end(seg, off)
+                if nxt is None:
+                    break  # the normal case: the end of what has been written
+                seg, off = nxt, 0
+                view.position = (seg.segno, 0)
+                continue
             if h.flags & Flag.CONTINUED:
                 group = self._read_group(seg, off)
                 if group is None:
                     self._cut_tail(seg, off, "incomplete record group")
                     break
                 for gh, goff in group:
-                    self._apply(gh, (segno, goff), mm)
-                off = group[-1][1] + HEADER_SIZE + group[-1][0].length
-                applied += off - group[0][1]
-                view.position = (segno, off)
+                    self._apply(gh, (seg.segno, goff), seg.mm)
+                end = group[-1][1] + HEADER_SIZE + group[-1][0].length
+                applied += end - off
+                off = end
+                view.position = (seg.segno, off)
                 continue
-            if not body_valid(mm, off, h):
-                self._cut_tail(seg, off, "torn or corrupt record")
-                break
-            self._apply(h, (segno, off), mm)
+            self._apply(h, (seg.segno, off), seg.mm)
             end = off + HEADER_SIZE + h.length
             applied += end - off
             if h.type == RecordType.SEAL:
-                segno, off = segno + 1, 0
-                view.position = (segno, 0)
-                seg = self._segment(segno)
-                mm, size = seg.mm, seg.size
+                seg, off = self._segment_after(seg.segno), 0
+                view.position = (seg.segno, 0)
                 continue
             off = end
-            view.position = (segno, off)
+            view.position = (seg.segno, off)
         self._since_checkpoint += applied
 
     def _read_group(self, seg: Segment, off: int) -> list[tuple[Header, int]] | None:
+        """The records of the group starting at ``off``, or None if it has no last record."""
         out = []
         while True:
-            if off + HEADER_SIZE > seg.size:
-                return None
-            try:
-                h = read_header(seg.mm, off)
-            except ValueError:
-                return None
-            if h is None or not body_valid(seg.mm, off, h):
+            h = self._record(seg, off)  # damage in the middle is padded; a group ends there
+            if h is None:
                 return None
             out.append((h, off))
             if not h.flags & Flag.CONTINUED:
                 return out
             off += HEADER_SIZE + h.length
+
+    # -- reading the log, and repairing what is damaged -----------------------------------
+    def _check(self, seg: Segment, off: int) -> Header | None | Literal[False]:
+        """The valid record at ``off``; None where nothing was written; False if damaged."""
+        if off + HEADER_SIZE > seg.size:
+            return None
+        try:
+            h = read_header(seg.mm, off)
+        except (ValueError, struct.error):
+            return False
+        if h is None:
+            return None
+        if h.type not in VALID_TYPES or not body_valid(seg.mm, off, h):
+            return False
+        return h
+
+    def _record(self, seg: Segment, off: int) -> Header | None:
+        """The record at ``off`` (None at the end of written data), repairing damage first.
+
+        Called under the lock only. Every reader of the log goes through here, so a record
+        is never used without its CRC checked.
+        """
+        h = self._check(seg, off)
+        if h is False:
+            self._repair(seg, off)
+            h = self._check(seg, off)
+            if h is False:  # pragma: no cover - _repair always leaves a valid record or zeros
+                raise CorruptionError(f"queue {self.name!r}: cannot repair {str(seg.path)!r} at offset {off}")
+        return h
+
+    def _next_valid(self, seg: Segment, start: int) -> int | None:
+        """Offset of the next valid record at or after ``start`` in ``seg`` (a resync scan)."""
+        mm = seg.mm
+        pos = start
+        while True:
+            pos = mm.find(MAGIC, pos)
+            if pos < 0 or pos + HEADER_SIZE > seg.size:
+                return None
+            if self._check(seg, pos):
+                return pos
+            pos += 1
+
+    def _repair(self, seg: Segment, off: int) -> None:
+        """Deal with damaged bytes at ``off`` of ``seg`` (under the lock).
+
+        Valid records follow in the segment: the damaged bytes are kept in quarantine/ and
+        covered with a PAD record, so every process skips the same bytes. Nothing valid
+        follows but a later segment exists: quarantine the rest and seal the segment.
+        Otherwise it is the torn tail of a writer that died: quarantine and zero it.
+        """
+        nxt = self._next_valid(seg, off + HEADER_SIZE)
+        if nxt is not None:
+            self._quarantine_bytes(seg, off, nxt, "damaged records between valid ones")
+            seg.write(off, encode(RecordType.PAD, 0, b"\x00" * (nxt - off - HEADER_SIZE), ts=_now_ms()))
+            return
+        if self._later_segment(seg.segno) is not None:
+            end = off + len(bytes(seg.mm[off:]).rstrip(b"\x00"))
+            self._quarantine_bytes(seg, off, end, "damaged end of a sealed segment")
+            seg.write(off, b"\x00" * (end - off))
+            return  # the reader now sees the end of the data here and moves on (_after_end)
+        self._cut_tail(seg, off, "torn or corrupt record at the end of the log")
+
+    def _after_end(self, seg: Segment, off: int) -> Segment | None:
+        """At the end of ``seg``'s data: the segment to continue in, or None at the log's end.
+
+        A later segment means this one lost its SEAL (damage, e.g. truncation): the reader
+        continues in the next valid segment, and every reader of the log decides the same.
+        """
+        if seg.segno >= self._top:
+            return None
+        nxt = self._next_of.get(seg.segno)
+        if nxt is not None:
+            return self._segment(nxt)
+        later = self._later_segment(seg.segno)
+        if later is None:
+            return None
+        self._note("segment ends without a seal", seg.path, off, 0)
+        self._next_of[seg.segno] = later.segno
+        return later
+
+    def _segment_after(self, segno: int) -> Segment:
+        """The segment that follows sealed segment ``segno`` (skipping missing or bad ones)."""
+        nxt = self._next_of.get(segno, segno + 1)
+        try:
+            return self._segment(nxt)
+        except (FileNotFoundError, CorruptionError):
+            pass
+        if self._reload_on_missing:
+            raise FileNotFoundError(segment_path(self.log_dir, nxt))  # maybe cleaned up: reload
+        later = self._later_segment(segno)
+        if later is None:
+            # the log ends with a seal and nothing after it: start the next segment afresh
+            self._note("missing segment", segment_path(self.log_dir, nxt), 0, 0)
+            head = encode(RecordType.SEGMENT, self.view.next_seq, ts=_now_ms())
+            create_segment(self.log_dir, nxt, self.segment_size, self.view.next_seq, head, FILE_MODE)
+            self._top = max(self._top, nxt)
+            return self._segment(nxt)
+        self._note("missing segment", segment_path(self.log_dir, nxt), 0, 0)
+        self._next_of[segno] = later.segno
+        return later
+
+    def _later_segment(self, segno: int) -> Segment | None:
+        """The first valid segment numbered above ``segno``; invalid ones go to quarantine/."""
+        numbers = sorted(int(p.stem) for p in self.log_dir.glob("*.log") if p.stem.isdigit() and int(p.stem) > segno)
+        for n in numbers:
+            try:
+                seg = self._segment(n)
+            except FileNotFoundError:
+                continue
+            except CorruptionError:
+                for suffix in (".log", ".idx"):
+                    path = segment_path(self.log_dir, n, suffix)
+                    if path.exists():
+                        self._quarantine_file(path, "not a valid log segment")
+                continue
+            return seg
+        return None
+
+    def _quarantine_bytes(self, seg: Segment, start: int, end: int, why: str) -> None:
+        data = bytes(seg.mm[start:end])
+        if not data.strip(b"\x00"):
+            return
+        qdir = self._quarantine_dir()
+        target = qdir / f"{seg.segno:010d}-{start}.bin"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._note(why, seg.path, start, len(data), target)
+
+    def _quarantine_dir(self) -> Path:
+        qdir = self.path / "quarantine"
+        qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        return qdir
+
+    def _note(self, why: str, path: Path, offset: int, length: int, saved: Path | None = None) -> None:
+        """Append what was found damaged to quarantine/REPORT.jsonl and log it."""
+        entry = {
+            "time": time.time(), "queue": self.name, "what": why, "file": str(path), "offset": offset,
+            "length": length, "saved_as": None if saved is None else str(saved),
+        }
+        logger.warning("queue %r: %s in %s at offset %d (%d bytes)%s", self.name, why, path, offset, length,
+                       "" if saved is None else f", kept in {saved}")
+        fd = os.open(self._quarantine_dir() / "REPORT.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
 
     def _apply(self, h: Header, loc: Loc, mm: Any) -> None:
         self._limit = loc
@@ -410,32 +570,19 @@ class QueueStore:
 
     def _cut_tail(self, seg: Segment, off: int, why: str) -> None:
         """Quarantine and zero the bytes from ``off`` to the last written byte of ``seg``."""
-        later = segment_path(self.log_dir, seg.segno + 1)
-        if later.exists():
-            raise CorruptionError(
-                f"queue {self.name!r}: {why} at {str(seg.path)!r} offset {off}, before later segments"
-            )
-        data = bytes(seg.mm[off:]).rstrip(b"\x00")
-        if data:
-            qdir = self.path / "quarantine"
-            qdir.mkdir(mode=DIR_MODE, exist_ok=True)
-            target = qdir / f"{seg.segno:010d}-{off}.bin"
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            seg.write(off, b"\x00" * len(data))
+        end = off + len(bytes(seg.mm[off:]).rstrip(b"\x00"))
+        if end > off:
+            self._quarantine_bytes(seg, off, end, why)
+            seg.write(off, b"\x00" * (end - off))
             seg.sync()
 
     def _quarantine_file(self, path: Path, why: str) -> None:
-        qdir = self.path / "quarantine"
-        qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        target = self._quarantine_dir() / f"{path.name}.{time.time_ns()}"
         try:
-            os.replace(path, qdir / f"{path.name}.{int(time.time())}")
+            os.replace(path, target)
         except OSError:
-            pass
+            return
+        self._note(why, path, 0, target.stat().st_size, target)
 
     # -- LogAccess (used by the view while applying) -------------------------------------
     def ensure_head(self) -> None:
@@ -446,11 +593,15 @@ class QueueStore:
         holes = view.holes
         while (segno, off) < limit:
             seg = self._segment(segno)
-            h = read_header(seg.mm, off)
+            h = self._record(seg, off)
             if h is None:
-                break
+                nxt = self._after_end(seg, off)
+                if nxt is None:
+                    break
+                segno, off = nxt.segno, 0
+                continue
             if h.type == RecordType.SEAL:
-                segno, off = segno + 1, 0
+                segno, off = self._segment_after(segno).segno, 0
                 continue
             end = off + HEADER_SIZE + h.length
             if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM:
@@ -462,6 +613,12 @@ class QueueStore:
                     return
             off = end
         view.cursor = (segno, off)
+        if view.stream_count and (segno, off) >= limit:
+            # Every applied record was scanned and no ready message is left: the count
+            # includes messages whose records were lost to damage (reported when found).
+            logger.warning("queue %r: %d ready message(s) lost to damage", self.name, view.stream_count)
+            view.stream_count = 0
+            view.holes.clear()
 
     def locate(self, seq: int) -> Loc:
         """Where the ADD record of stream message ``seq`` is."""
@@ -476,8 +633,8 @@ class QueueStore:
                 continue
             off = seg.index_get(seq)
             if off is not None:
-                h = read_header(seg.mm, off)
-                if h is not None and h.type == RecordType.ADD and h.seq == seq:
+                h = self._check(seg, off)  # the index is a hint: anything may be there
+                if h and h.type == RecordType.ADD and h.seq == seq:
                     return (segno, off)
             found = self._scan_for(seg, seq)
             if found is not None:
@@ -487,7 +644,7 @@ class QueueStore:
     def _scan_for(self, seg: Segment, seq: int) -> int | None:
         off = 0
         while off + HEADER_SIZE <= seg.size:
-            h = read_header(seg.mm, off)
+            h = self._record(seg, off)
             if h is None or h.type == RecordType.SEAL:
                 return None
             if h.type == RecordType.ADD:
@@ -614,9 +771,9 @@ class QueueStore:
     # -- reading messages ---------------------------------------------------------------
     def _read(self, loc: Loc) -> dict[str, Any]:
         seg = self._segment(loc[0])
-        h = read_header(seg.mm, loc[1])
-        if h is None:
-            raise CorruptionError(f"queue {self.name!r}: no record at {loc}")
+        h = self._check(seg, loc[1])
+        if not h:
+            raise CorruptionError(f"queue {self.name!r}: the record at {str(seg.path)!r} offset {loc[1]} is damaged")
         start = loc[1] + HEADER_SIZE
         record: dict[str, Any] = json.loads(seg.mm[start : start + h.length])
         return record
@@ -925,11 +1082,16 @@ class QueueStore:
         self.ensure_head()
         segno, off = view.cursor
         while (segno, off) < view.position:
-            h = read_header(self._segment(segno).mm, off)
+            seg = self._segment(segno)
+            h = self._record(seg, off)
             if h is None:
-                break
+                nxt = self._after_end(seg, off)
+                if nxt is None:
+                    break
+                segno, off = nxt.segno, 0
+                continue
             if h.type == RecordType.SEAL:
-                segno, off = segno + 1, 0
+                segno, off = self._segment_after(segno).segno, 0
                 continue
             if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM and h.seq not in view.holes:
                 if h.seq not in view.entries:
