@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
+import heapq
 import json
 import logging
 import os
@@ -342,6 +343,12 @@ class QueueStore:
 
     def _sync(self) -> None:
         """Apply every complete record after ``view.position``; cut a torn tail."""
+        segno, off = self.view.position
+        seg = self._segments.get(segno)
+        if seg is not None and segno >= self._top and off + HEADER_SIZE <= seg.size:
+            mm = seg.mm
+            if mm[off] == 0 and mm[off + 1] == 0:
+                return  # the usual case: nobody wrote since our last operation
         self._reload_on_missing = True
         try:
             self._replay()
@@ -672,8 +679,18 @@ class QueueStore:
             seg.index_put(seq, off + rel)
         if self.fsync == "batch":
             self.dirty = True
-        self._replay()
+        # Apply what we just wrote from our own bytes: they are valid by construction and,
+        # holding the lock, nobody else can have written after them.
+        pos = 0
+        mm = seg.mm
+        while pos < len(data):
+            h = read_header(data, pos)
+            assert h is not None
+            self._apply(h, (segno, off + pos), mm)
+            pos += HEADER_SIZE + h.length
         view = self.view
+        view.position = (segno, off + pos)
+        self._since_checkpoint += pos
         if not self._cleaning and (
             self._since_checkpoint > _CHECKPOINT_BYTES
             # drained: give the space of old segments back now rather than at the next roll
@@ -919,14 +936,20 @@ class QueueStore:
             self._last_holder_check = mono
             alive: dict[str, bool] = {}
             for e in view.entries.values():
-                if e.state == INFLIGHT and e.seq not in expired and e.holder:
+                if e.state == INFLIGHT and e.holder and e.seq not in expired:
                     if e.holder not in alive:
                         pid = int(e.holder.split(":", 1)[0])
                         alive[e.holder] = _process_token(pid) == e.holder
                     if not alive[e.holder]:
                         expired.append(e.seq)
         if expired:
-            self._append(_as_group([encode(RecordType.EXPIRE, s, ts=now) for s in expired]))
+            try:
+                self._append(_as_group([encode(RecordType.EXPIRE, s, ts=now) for s in expired]))
+            except BaseException:
+                for seq in expired:  # not recorded: keep watching these leases
+                    e = view.entries[seq]
+                    heapq.heappush(view.lease_heap, (e.deadline, seq, e.version))
+                raise
 
     def get(self) -> QueueMessage | None:
         with self._locked():

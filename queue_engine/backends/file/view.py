@@ -256,15 +256,15 @@ class QueueView:
         return None
 
     def expired_leases(self, now_ms: int) -> list[int]:
+        """Seqs of in-flight messages whose lease ended by ``now_ms`` (looks at the heap top only)."""
         out = []
-        for deadline, seq, version in self.lease_heap:
-            if deadline > now_ms:
-                continue
+        heap = self.lease_heap
+        while heap and heap[0][0] <= now_ms:
+            _, seq, version = heapq.heappop(heap)
             e = self.entries.get(seq)
             if e is not None and e.version == version and e.state == INFLIGHT:
                 out.append(seq)
-        # drop stale items at the top so the heap does not grow with acked leases
-        heap = self.lease_heap
+        # drop stale items (acked or released leases) at the top so the heap stays small
         while heap:
             _, seq, version = heap[0]
             e = self.entries.get(seq)
