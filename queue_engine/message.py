@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VALID_NAMES: set[str] = set()
 _MAX_ALIAS = 512
 
 
@@ -43,10 +44,14 @@ def validate_queue_name(name: object) -> str:
     Valid: 1-64 characters of letters, digits, ``_ . -``, starting with a letter or digit.
     The rule guarantees a name is also a safe single path component.
     """
+    if name.__class__ is str and name in _VALID_NAMES:  # every call checks: remember good names
+        return name
     if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
         raise InvalidQueueName(
             f"invalid queue name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
+    if len(_VALID_NAMES) < 10_000:  # bounded: a process rarely meets more names than this
+        _VALID_NAMES.add(name)
     return name
 
 
