@@ -42,8 +42,10 @@ __all__ = [
     "FileAuditLog",
     "MemoryAuditLog",
     "DEFAULT_RETENTION_DAYS",
+    "check_retention",
     "get_audit_log",
     "register_audit_log",
+    "retention_from_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,7 +213,7 @@ class AuditLog:
                 raise InvalidMessage(f"invalid {name} {value!r}: a datetime is required")
 
 
-def _check_retention(retention_days: float | None) -> float | None:
+def check_retention(retention_days: float | None) -> float | None:
     if retention_days is None:
         return None
     if isinstance(retention_days, bool) or not isinstance(retention_days, (int, float)) or not (
@@ -229,7 +231,7 @@ class MemoryAuditLog(AuditLog):
     """
 
     def __init__(self, retention_days: float | None = None) -> None:
-        self.retention_days = _check_retention(retention_days)
+        self.retention_days = check_retention(retention_days)
         self._records: dict[str, list[AuditRecord]] = {}
         self._lock = threading.Lock()
 
@@ -295,7 +297,7 @@ class FileAuditLog(AuditLog):
 
     def __init__(self, root: str | os.PathLike[str], retention_days: float = DEFAULT_RETENTION_DAYS) -> None:
         self.root = Path(root)
-        self.retention_days: float = _check_retention(retention_days) or DEFAULT_RETENTION_DAYS
+        self.retention_days: float = check_retention(retention_days) or DEFAULT_RETENTION_DAYS
         self._pruned_day: date | None = None
         self._lock = threading.Lock()
 
@@ -455,7 +457,7 @@ class FileAuditLog(AuditLog):
 
 
 # -- which log belongs to a manager -------------------------------------------------------
-def _retention_from_config(manager: QueueManager) -> float:
+def retention_from_config(manager: QueueManager) -> float:
     config = manager.config
     parser = config.parser
     source = str(config.source) if config.source is not None else "configuration"
@@ -475,7 +477,7 @@ def _retention_from_config(manager: QueueManager) -> float:
 
 
 def _file_audit_log(manager: QueueManager) -> AuditLog:
-    return FileAuditLog(Path(manager.config.cache_root) / "audit", _retention_from_config(manager))
+    return FileAuditLog(Path(manager.config.cache_root) / "audit", retention_from_config(manager))
 
 
 def _memory_audit_log(manager: QueueManager) -> AuditLog:

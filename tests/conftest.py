@@ -6,6 +6,7 @@ be absent, a reason to skip.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis_server import RedisServer, redis_server_binary
 
 from queue_engine import QueueFactory, QueueManager, QueueMessage
 
@@ -28,14 +30,55 @@ def _build_file(cache_root: Path) -> QueueManager:
     return QueueFactory.get_queue_manager(queue_type="file", cache_root=cache_root, fsync="never")
 
 
+#: The session's private redis-server URL, set by the ``redis_server`` fixture.
+REDIS: dict[str, str] = {}
+
+
+def _build_redis(cache_root: Path) -> QueueManager:
+    return QueueFactory.get_queue_manager(queue_type="redis", redis_url=REDIS["url"], cache_root=cache_root)
+
+
+def _redis_skip_reason() -> str | None:
+    """Skip the redis params where redis-server is missing, except in CI: there they must fail."""
+    if redis_server_binary() is not None or os.environ.get("CI") == "true":
+        return None
+    return "redis-server is not installed (make test installs it where it can; CI=true makes this a failure)"
+
+
 #: name -> (builder taking the storage root, skip reason or None).
 BACKENDS: dict[str, tuple[Callable[[Path], QueueManager], str | None]] = {
     "memory": (_build_memory, None),
     "file": (_build_file, None),
+    "redis": (_build_redis, _redis_skip_reason()),
 }
 
-#: Backends whose data lives on disk and is shared by every manager opened on the same root.
-PERSISTENT = {"file"}
+#: Backends whose data is shared by every manager opened on the same storage (root or server).
+PERSISTENT = {"file", "redis"}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """ONE private redis-server for the session, on a free loopback port; stopped at the end."""
+    if redis_server_binary() is None:
+        pytest.fail("redis-server is not installed, and CI=true requires the Redis tests to run", pytrace=False)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    REDIS["url"] = server.url
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, its data flushed for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
 
 
 def _params(names: list[str]) -> list[Any]:
@@ -55,12 +98,16 @@ def cache_root(tmp_path: Path) -> Path:
 @pytest.fixture(params=_params(list(BACKENDS)))
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend name under test."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_url")
     return str(request.param)
 
 
 @pytest.fixture(params=_params(sorted(PERSISTENT)))
 def persistent_backend(request: pytest.FixtureRequest) -> str:
     """Only backends that share storage between managers and processes."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_url")
     return str(request.param)
 
 
@@ -83,14 +130,6 @@ def open_manager(backend: str, cache_root: Path) -> Iterator[Callable[[], QueueM
 def manager(open_manager: Callable[[], QueueManager]) -> QueueManager:
     """A manager of each backend, on fresh storage."""
     return open_manager()
-
-
-@pytest.fixture
-def file_manager(persistent_backend: str, cache_root: Path) -> Iterator[QueueManager]:
-    """A manager of each persistent backend, on fresh storage at ``cache_root``."""
-    manager = BACKENDS[persistent_backend][0](cache_root)
-    yield manager
-    manager.close()
 
 
 @pytest.fixture

@@ -306,6 +306,17 @@ def test_redis_url_error_never_echoes_a_password(isolated: Path) -> None:
     assert "s3cret" not in str(info.value)
 
 
+def test_redis_backend_without_redis_py_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from queue_engine import QueueFactory
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # what an install without the extra looks like
+    monkeypatch.delitem(sys.modules, "queue_engine.backends.redis", raising=False)
+    with pytest.raises(ConfigurationError, match=r"needs the 'redis' package: pip install 'qengine\[redis\]'"):
+        QueueFactory.get_queue_manager(queue_type="redis")
+
+
 def test_relative_keyword_cache_root_is_resolved_once(isolated: Path) -> None:
     config = load_config(cache_root="rel")
     assert config.cache_root == (isolated / "cwd" / "rel").resolve()

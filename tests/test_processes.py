@@ -35,8 +35,12 @@ def open_manager(root: str) -> QueueManager:
 
 
 @pytest.fixture
-def root(persistent_backend: str, cache_root: Path) -> str:
-    """Storage root shared by the test and its children (skips while the file backend is absent)."""
+def root(cache_root: Path) -> str:
+    """Storage root of the file backend, shared by the test and its child processes.
+
+    These tests are about one host's processes and signals, which is the file backend's
+    promise; the Redis backend's process tests live in test_redis_backend.py.
+    """
     return str(cache_root)
 
 
