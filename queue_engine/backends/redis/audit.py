@@ -21,8 +21,8 @@ from ...audit import (
     AuditLog,
     AuditRecord,
     check_retention,
-    retention_from_config,
     register_audit_log,
+    retention_from_config,
 )
 from ...errors import InvalidMessage
 from ...manager import QueueManager
