@@ -25,7 +25,7 @@ import re
 import threading
 import time as _clock
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -195,6 +195,26 @@ class AuditLog:
         until: datetime | None = None,
         limit: int | None = None,
     ) -> list[AuditRecord]:
+        """See the class docstring. Subclasses provide :meth:`_batches`."""
+        self._check_query(queue, limit, since, until)
+        lo = None if since is None else to_epoch(since)
+        hi = None if until is None else to_epoch(until)
+        out: list[AuditRecord] = []
+        for batch in self._batches(queue, lo, hi):
+            found = [r for r in batch if r.matches(uuid=uuid, alias=alias, since=lo, until=hi)]
+            found.sort(key=lambda r: r.started_at)  # stable: ties keep the order recorded
+            out.extend(found)
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
+
+    def _batches(self, queue: str, since: float | None, until: float | None) -> Iterable[Iterable[AuditRecord]]:
+        """Candidate records of ``queue`` for [since, until] (epoch seconds or None), in batches.
+
+        Every record of a batch started after every record of the batches before it, so
+        :meth:`query` can stop once it has ``limit`` records. Extra records are fine (they
+        are filtered); missing ones are not.
+        """
         raise NotImplementedError
 
     def prune(self, now: float | None = None) -> int:
@@ -241,25 +261,9 @@ class MemoryAuditLog(AuditLog):
         with self._lock:
             self._records.setdefault(rec.queue, []).append(rec)
 
-    def query(
-        self,
-        queue: str,
-        *,
-        uuid: str | None = None,
-        alias: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditRecord]:
-        self._check_query(queue, limit, since, until)
-        lo = None if since is None else to_epoch(since)
-        hi = None if until is None else to_epoch(until)
+    def _batches(self, queue: str, since: float | None, until: float | None) -> Iterable[Iterable[AuditRecord]]:
         with self._lock:
-            records = list(self._records.get(queue, ()))
-        found = sorted(
-            (r for r in records if r.matches(uuid=uuid, alias=alias, since=lo, until=hi)), key=lambda r: r.started_at
-        )
-        return found if limit is None else found[:limit]
+            return [list(self._records.get(queue, ()))]
 
     def prune(self, now: float | None = None) -> int:
         if self.retention_days is None:
@@ -404,32 +408,13 @@ class FileAuditLog(AuditLog):
                     records.append(rec)
         return records
 
-    def query(
-        self,
-        queue: str,
-        *,
-        uuid: str | None = None,
-        alias: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditRecord]:
-        self._check_query(queue, limit, since, until)
-        lo = None if since is None else to_epoch(since)
-        hi = None if until is None else to_epoch(until)
-        first = None if lo is None else _utc_day(lo)
-        last = None if hi is None else _utc_day(hi)
-        out: list[AuditRecord] = []
+    def _batches(self, queue: str, since: float | None, until: float | None) -> Iterable[Iterable[AuditRecord]]:
+        # A day file holds exactly the records that started on that (UTC) day.
+        first = None if since is None else _utc_day(since)
+        last = None if until is None else _utc_day(until)
         for day, path in self._day_files(queue):
-            if (first is not None and day < first) or (last is not None and day > last):
-                continue
-            # Every record of a day file started on that day, so per-file order is global order.
-            found = [r for r in self._read(path) if r.matches(uuid=uuid, alias=alias, since=lo, until=hi)]
-            found.sort(key=lambda r: r.started_at)
-            out.extend(found)
-            if limit is not None and len(out) >= limit:
-                return out[:limit]
-        return out
+            if (first is None or day >= first) and (last is None or day <= last):
+                yield self._read(path)
 
     # -- retention --------------------------------------------------------------------
     def prune(self, now: float | None = None) -> int:
