@@ -592,35 +592,41 @@ class QueueStore:
         self._note(why, path, 0, target.stat().st_size, target)
 
     # -- LogAccess (used by the view while applying) -------------------------------------
-    def ensure_head(self) -> None:
-        """Find the first pending stream message among the records applied so far."""
-        view = self.view
-        limit = self._limit
-        segno, off = view.cursor
-        holes = view.holes
+    def _walk(self, start: Loc, limit: Loc) -> Iterator[tuple[int, int, Header]]:
+        """(segment, offset, header) of every valid record from ``start`` up to ``limit``,
+        following seals and skipping damage like the replay does."""
+        segno, off = start
         while (segno, off) < limit:
             seg = self._segment(segno)
             h = self._record(seg, off)
             if h is None:
                 nxt = self._after_end(seg, off)
                 if nxt is None:
-                    break
+                    return
                 segno, off = nxt.segno, 0
                 continue
             if h.type == RecordType.SEAL:
                 segno, off = self._segment_after(segno).segno, 0
                 continue
-            end = off + HEADER_SIZE + h.length
+            yield segno, off, h
+            off += HEADER_SIZE + h.length
+
+    def ensure_head(self) -> None:
+        """Find the first pending stream message among the records applied so far."""
+        view = self.view
+        holes = view.holes
+        cursor = view.cursor
+        for segno, off, h in self._walk(view.cursor, self._limit):
+            end = (segno, off + HEADER_SIZE + h.length)
             if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM:
-                if h.seq in holes:
-                    holes.discard(h.seq)
-                else:
-                    view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), (segno, end)
+                if h.seq not in holes:
+                    view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), end
                     view.cursor = (segno, off)
                     return
-            off = end
-        view.cursor = (segno, off)
-        if view.stream_count and (segno, off) >= limit:
+                holes.discard(h.seq)
+            cursor = end
+        view.cursor = cursor
+        if view.stream_count:
             # Every applied record was scanned and no ready message is left: the count
             # includes messages whose records were lost to damage (reported when found).
             logger.warning("queue %r: %d ready message(s) lost to damage", self.name, view.stream_count)
@@ -1103,23 +1109,10 @@ class QueueStore:
         view = self.view
         self._limit = view.position
         self.ensure_head()
-        segno, off = view.cursor
-        while (segno, off) < view.position:
-            seg = self._segment(segno)
-            h = self._record(seg, off)
-            if h is None:
-                nxt = self._after_end(seg, off)
-                if nxt is None:
-                    break
-                segno, off = nxt.segno, 0
-                continue
-            if h.type == RecordType.SEAL:
-                segno, off = self._segment_after(segno).segno, 0
-                continue
+        for segno, off, h in self._walk(view.cursor, view.position):
             if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM and h.seq not in view.holes:
                 if h.seq not in view.entries:
                     yield h.seq, view.updated.get(h.seq, (segno, off))
-            off += HEADER_SIZE + h.length
 
     def update(self, msg: QueueMessage) -> None:
         assert msg.uuid is not None
