@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import Config, load_config
+from .daemon import Daemon
 from .errors import (
     ConfigurationError,
     CorruptionError,
@@ -15,6 +16,7 @@ from .errors import (
     MessageNotFound,
     QueueEngineError,
     QueueNotFound,
+    ServiceError,
     StorageError,
     TimeLimitExceeded,
     Unrecoverable,
@@ -39,6 +41,7 @@ __all__ = [
     "Worker",
     "Config",
     "ConfigurationError",
+    "Daemon",
     "CorruptionError",
     "DuplicateAlias",
     "ExecutionMode",
@@ -56,6 +59,7 @@ __all__ = [
     "QueueMessage",
     "QueueNotFound",
     "QueueStatus",
+    "ServiceError",
     "StorageError",
     "TimeLimitExceeded",
     "Unrecoverable",

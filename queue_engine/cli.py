@@ -65,6 +65,7 @@ USAGE_EXIT = 2
 #: Commands that live in other modules, imported on first use: name -> ``"module:attribute"``.
 LAZY_COMMANDS: dict[str, str] = {
     **{name: f"queue_engine.cli_work:{name}" for name in ("work", "failed", "requeue", "forget", "purge", "audit")},
+    "daemon": "queue_engine.cli_daemon:daemon",
     "migrate": "queue_engine.cli_migrate:migrate",
 }
 

@@ -94,3 +94,7 @@ class Unrecoverable(QueueEngineError):
 
 class TimeLimitExceeded(QueueEngineError):
     """An attempt ran longer than its time limit."""
+
+
+class ServiceError(QueueEngineError):
+    """A daemon could not be started, stopped or signalled (already running, still running, failed)."""

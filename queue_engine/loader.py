@@ -36,9 +36,13 @@ from .worker import Worker, error_text
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "class_name",
+    "config_paths",
+    "file_name",
     "find_worker_class",
     "load_worker",
     "load_worker_file",
+    "worker_classes",
     "worker_class_name",
     "worker_file_name",
     "workers_path",
@@ -51,15 +55,25 @@ _modules: dict[Path, types.ModuleType] = {}
 _lock = threading.RLock()
 
 
+def file_name(name: str) -> str:
+    """The file of a worker or daemon named ``name`` (a valid queue name): ``ANPR`` -> ``anpr.py``."""
+    return re.sub(r"[-.]", "_", name.lower()) + ".py"
+
+
+def class_name(name: str, suffix: str) -> str:
+    """The conventional class of ``name``: ``("send-mail", "Worker")`` -> ``SendMailWorker``."""
+    parts = [p for p in re.split(r"[-_.]", name) if p]
+    return "".join(p[:1].upper() + p[1:].lower() for p in parts) + suffix
+
+
 def worker_file_name(queue: str) -> str:
     """``ANPR`` -> ``anpr.py``; ``send-mail.v2`` -> ``send_mail_v2.py``."""
-    return re.sub(r"[-.]", "_", validate_queue_name(queue).lower()) + ".py"
+    return file_name(validate_queue_name(queue))
 
 
 def worker_class_name(queue: str) -> str:
     """``ANPR`` -> ``AnprWorker``; ``send-mail`` -> ``SendMailWorker``."""
-    parts = [p for p in re.split(r"[-_.]", validate_queue_name(queue)) if p]
-    return "".join(p[:1].upper() + p[1:].lower() for p in parts) + "Worker"
+    return class_name(validate_queue_name(queue), "Worker")
 
 
 def workers_path(config: Config | None) -> list[Path]:
@@ -69,12 +83,20 @@ def workers_path(config: Config | None) -> list[Path]:
     folder. Default: ``workers`` next to the config file, or in the current directory when
     there is no config file.
     """
+    return config_paths(config, "queue", "workersPath", "workers")
+
+
+def config_paths(config: Config | None, section: str, key: str, default: str) -> list[Path]:
+    """The folders listed by ``[section] key`` (case-insensitive key), as :func:`workers_path` reads them.
+
+    Default: the folder ``default`` next to the config file, or in the current directory.
+    """
     base = config.source.parent if config is not None and config.source is not None else Path.cwd()
     raw = None
-    if config is not None and config.parser.has_section("queue"):
-        raw = next((v for k, v in config.parser.items("queue") if k.lower() == "workerspath"), None)
+    if config is not None and config.parser.has_section(section):
+        raw = next((v for k, v in config.parser.items(section) if k.lower() == key.lower()), None)
     if raw is None or not raw.strip():
-        return [base / "workers"]
+        return [base / default]
     folders = []
     for item in re.split(r"[,\n" + re.escape(os.pathsep) + "]", raw):
         text = item.strip()
@@ -84,10 +106,11 @@ def workers_path(config: Config | None) -> list[Path]:
     return folders
 
 
-def load_worker_file(path: str | os.PathLike[str]) -> types.ModuleType:
+def load_worker_file(path: str | os.PathLike[str], *, kind: str = "worker") -> types.ModuleType:
     """Execute the Python file at ``path`` as a private module, once per path; return it.
 
-    Raises :class:`WorkerError` naming the file when it cannot be read or raises on import.
+    Raises :class:`WorkerError` naming the file (as a ``kind`` file) when it cannot be read
+    or raises on import. Daemon files are loaded the same way (``kind="daemon"``).
     """
     resolved = Path(path).resolve()
     with _lock:
@@ -102,7 +125,7 @@ def load_worker_file(path: str | os.PathLike[str]) -> types.ModuleType:
         name = f"{_PACKAGE}.m{digest}"
         spec = importlib.util.spec_from_file_location(name, resolved)
         if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has a spec
-            raise WorkerError(f"cannot load worker file {str(resolved)!r}: not a Python source file")
+            raise WorkerError(f"cannot load {kind} file {str(resolved)!r}: not a Python source file")
         module = importlib.util.module_from_spec(spec)
         # Registered before execution, as import does: dataclasses and typing look it up there.
         sys.modules[name] = module
@@ -112,12 +135,12 @@ def load_worker_file(path: str | os.PathLike[str]) -> types.ModuleType:
             sys.modules.pop(name, None)
             if not isinstance(exc, Exception):
                 raise
-            raise WorkerError(f"cannot load worker file {str(resolved)!r}: {error_text(exc)}") from exc
+            raise WorkerError(f"cannot load {kind} file {str(resolved)!r}: {error_text(exc)}") from exc
         _modules[resolved] = module
         return module
 
 
-def _worker_classes(module: types.ModuleType) -> list[type[Worker]]:
+def worker_classes(module: types.ModuleType) -> list[type[Worker]]:
     """Concrete Worker subclasses defined in ``module`` (not merely imported into it)."""
     return [
         obj
@@ -135,7 +158,7 @@ def _from_file(queue: str, path: Path) -> type[Worker] | None:
     named = getattr(module, wanted, None)
     if isinstance(named, type) and issubclass(named, Worker) and named.queue in ("", queue):
         return named
-    defined = _worker_classes(module)
+    defined = worker_classes(module)
     matching = [c for c in defined if c.queue == queue]
     if len(matching) == 1:
         return matching[0]

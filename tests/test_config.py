@@ -312,7 +312,8 @@ def test_redis_backend_without_redis_py_is_a_clear_error(monkeypatch: pytest.Mon
     from queue_engine import QueueFactory
 
     monkeypatch.setitem(sys.modules, "redis", None)  # what an install without the extra looks like
-    monkeypatch.delitem(sys.modules, "queue_engine.backends.redis", raising=False)
+    for name in [n for n in sys.modules if n.startswith("queue_engine.backends.redis")]:
+        monkeypatch.delitem(sys.modules, name)  # imported by earlier tests: import it afresh
     with pytest.raises(ConfigurationError, match=r"needs the 'redis' package: pip install 'qengine\[redis\]'"):
         QueueFactory.get_queue_manager(queue_type="redis")
 
