@@ -273,6 +273,25 @@ class QueueManager(ABC):
         :class:`MessageInFlight` if it is reserved."""
         return self._remove_message(validate_queue_name(queue), uuid)
 
+    # -- engine metadata ----------------------------------------------------------------
+    @_records_errors
+    def queue_meta(self, queue: str) -> dict[str, Any]:
+        """The queue's engine metadata: what features keep per queue (webhook listeners,
+        catalogue entry, topic subscriptions). Never shown in :meth:`queue_status`, because it
+        may hold secrets. :class:`QueueNotFound` for a missing queue."""
+        return self._queue_meta(validate_queue_name(queue))
+
+    @_records_errors
+    def update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Set (or, for a None value, delete) top-level metadata keys in one atomic step;
+        return the result. :class:`QueueNotFound` for a missing queue."""
+        from .message import encode_data
+
+        if not isinstance(changes, dict) or not all(isinstance(k, str) for k in changes):
+            raise InvalidMessage("queue metadata changes must be a dict with string keys")
+        encode_data(changes)
+        return self._update_queue_meta(validate_queue_name(queue), changes)
+
     # -- failed store -------------------------------------------------------------------
     @_records_errors
     def fail(self, queue: str, message: str | QueueMessage, error: str) -> None:
@@ -459,6 +478,12 @@ class QueueManager(ABC):
 
     @abstractmethod
     def _import_messages(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int: ...
+
+    @abstractmethod
+    def _queue_meta(self, queue: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def _epoch_or_none(value: datetime | None) -> float | None:

@@ -62,6 +62,7 @@ class _Queue:
     failed: dict[str, _Entry] = field(default_factory=dict)
     counter: int = 0
     attributes: str = "{}"  # JSON text, for the same copy-on-read reason as data
+    meta: str = "{}"  # engine metadata (JSON text): hooks, catalogue, topics
     last_inserted: MessageRef | None = None
     last_processed: MessageRef | None = None
     modified: float = field(default_factory=time.time)
@@ -464,3 +465,22 @@ class MemoryQueueManager(QueueManager):
             if fresh:
                 self._touch(q)
             return len(fresh)
+
+    # -- engine metadata ----------------------------------------------------------------
+    def _queue_meta(self, queue: str) -> dict[str, Any]:
+        with self._lock:
+            result: dict[str, Any] = json.loads(self._existing(queue).meta)
+            return result
+
+    def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            q = self._existing(queue)
+            meta = json.loads(q.meta)
+            for key, value in changes.items():
+                if value is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = value
+            q.meta = encode_data(meta)
+            self._touch(q)
+            return meta

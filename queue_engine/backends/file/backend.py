@@ -209,6 +209,14 @@ class FileQueueManager(QueueManager):
         result: bool = self._retrying(queue, lambda s: s.remove(uuid))
         return result
 
+    def _queue_meta(self, queue: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._retrying(queue, lambda s: s.meta())
+        return result
+
+    def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._retrying(queue, lambda s: s.update_meta(changes))
+        return result
+
     # -- failed store -------------------------------------------------------------------
     def _fail(self, queue: str, uuid: str, attempt: int | None, error: str) -> None:
         self._with_store(queue).fail(uuid, attempt, error)

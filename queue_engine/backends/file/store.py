@@ -1052,6 +1052,18 @@ class QueueStore:
         self.sync_after_write(seg)
         return result
 
+    def meta(self) -> dict[str, Any]:
+        with self._locked() as view:
+            return json.loads(json.dumps(view.meta))  # a copy callers may change
+
+    def update_meta(self, changes: dict[str, Any]) -> dict[str, Any]:
+        with self._locked() as view:
+            body = json.dumps({"meta": changes}).encode()
+            seg = self._append([encode(RecordType.STATUS, 0, body, ts=_now_ms())])
+            result: dict[str, Any] = json.loads(json.dumps(view.meta))
+        self.sync_after_write(seg)
+        return result
+
     def set_last_processed(self, uuid: str | None, alias: str | None) -> None:
         with self._locked():
             now = _now_ms()

@@ -112,6 +112,7 @@ class QueueView:
         self.foreign_of: dict[int, str] = {}
         self.segments: dict[int, int] = {}  # segno -> first seq
         self.custom: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}  # engine metadata (hooks, catalogue, topics): not in status
         self.created_at = 0
         self.uuid_key = 0  # masks the seq in minted uuids (random per queue)
         self.last_inserted: list[Any] | None = None  # [uuid, alias, ts_ms] of the newest ADD
@@ -147,6 +148,7 @@ class QueueView:
             "foreign_of": [[s, u] for s, u in self.foreign_of.items()],
             "segments": [[n, f] for n, f in self.segments.items()],
             "custom": self.custom,
+            "meta": self.meta,
             "created_at": self.created_at,
             "uuid_key": self.uuid_key,
             "last_inserted": self.last_inserted,
@@ -173,6 +175,7 @@ class QueueView:
             v.foreign[u] = s
         v.segments = {n: f for n, f in data["segments"]}
         v.custom = data["custom"]
+        v.meta = data.get("meta", {})
         v.created_at = data["created_at"]
         v.uuid_key = data["uuid_key"]
         v.last_inserted = data["last_inserted"]
@@ -374,6 +377,11 @@ class QueueView:
             change = json.loads(bytes(body))
             if "processed" in change:
                 self.last_processed = change["processed"]
+            for key, value in change.get("meta", {}).items():
+                if value is None:
+                    self.meta.pop(key, None)
+                else:
+                    self.meta[key] = value
             if "custom" in change:
                 if change.get("replace"):
                     self.custom = dict(change["custom"])

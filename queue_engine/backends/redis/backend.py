@@ -356,6 +356,20 @@ class RedisQueueManager(QueueManager):
             custom_attributes=json.loads(fields.get("attrs") or "{}"),
         )
 
+    def _queue_meta(self, queue: str) -> dict[str, Any]:
+        fields = self._call(self.client.hgetall, f"{self.base(queue)}:status")
+        if not fields:
+            self._missing(queue)
+        return {k[5:]: json.loads(v) for k, v in fields.items() if k.startswith("meta:")}
+
+    def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
+        args: list[str] = []
+        for key, value in changes.items():
+            args += [key, "" if value is None else encode_data(value)]
+        if self._run("set_meta", queue, *args)[0] == "noqueue":
+            self._missing(queue)
+        return self._queue_meta(queue)
+
     def _set_custom_attributes(self, queue: str, attributes: dict[str, Any], replace: bool) -> dict[str, Any]:
         status_key = f"{self.base(queue)}:status"
         for _ in range(100):  # compare and set: a concurrent writer makes us merge again

@@ -259,6 +259,21 @@ touch(nowtxt)
 return {'ok'}
 """
 
+# ARGV: MP, then pairs of key, JSON text ("" deletes the key). Each metadata key is its own
+# status field "meta:<key>" holding JSON text, so Lua never decodes it (cjson would turn an
+# empty list into an object).
+_SET_META = r"""
+if not exists() then return {'noqueue'} end
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', K_STATUS, 'meta:' .. ARGV[i])
+  else
+    redis.call('HSET', K_STATUS, 'meta:' .. ARGV[i], ARGV[i + 1])
+  end
+end
+return {'ok'}
+"""
+
 # ARGV: MP, uuid, alias ("" for none)
 _LAST_PROCESSED = r"""
 if not exists() then return {'noqueue'} end
@@ -493,6 +508,7 @@ SCRIPTS: dict[str, str] = {
         "settle": _SETTLE,
         "status": _STATUS,
         "set_attrs": _SET_ATTRS,
+        "set_meta": _SET_META,
         "last_processed": _LAST_PROCESSED,
         "create": _CREATE,
         "destroy": _DESTROY,
