@@ -168,3 +168,41 @@ def test_data_directories_and_files_are_private(tmp_path: Path) -> None:
     assert (qdir.stat().st_mode & 0o777, (qdir / "log").stat().st_mode & 0o777) == (0o700, 0o700)
     for path in [qdir / "lock", *(qdir / "log").iterdir()]:
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+_FULL_DISK_CHILD = """
+import logging, resource, signal, sys
+logging.disable(logging.WARNING)
+from queue_engine import QueueFactory, QueueMessage, StorageError
+m = QueueFactory.get_queue_manager(queue_type="file", cache_root=sys.argv[1], fsync="never", segment_size=65536)
+m.create_queue("q")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))
+added = failed = 0
+for i in range(500):
+    try:
+        m.add_message("q", QueueMessage(data={"i": i, "pad": "x" * 200}))
+        added += 1
+    except StorageError as exc:
+        failed += 1
+        assert "file size limit exceeded" in str(exc), exc
+print(added, failed)
+"""
+
+
+def test_a_full_disk_fails_adds_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    added, failed = map(int, out.stdout.split())
+    assert added > 0 and failed > 0 and added + failed == 500
+    with open_manager(tmp_path) as m:  # space is back
+        got = []
+        while (msg := m.get_message("q")) is not None:
+            got.append(msg.data["i"])
+        assert got == list(range(added))  # every add that returned, in order; no partial message
+        assert m.add_message("q", QueueMessage(data="again"))
+    assert not (tmp_path / "queues" / "q" / "quarantine").exists()  # nothing torn was left

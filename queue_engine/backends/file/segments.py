@@ -120,12 +120,24 @@ class Segment:
             raise
 
     def write(self, offset: int, data: bytes) -> None:
-        """Write ``data`` at ``offset``; an OSError becomes a StorageError naming the file."""
+        """Write ``data`` at ``offset``, all or nothing; an OSError becomes a StorageError.
+
+        A short write (full disk, file size limit) is undone at once by zeroing what was
+        written, so no partial record is left for readers to find.
+        """
         try:
             written = os.pwrite(self.fd, data, offset)
         except OSError as exc:
             raise _storage_error("write", self.path, exc) from None
-        if written != len(data):  # a short write means the device refused the rest
+        if written != len(data):
+            try:
+                os.pwrite(self.fd, b"\x00" * written, offset)  # below the point that failed: fits
+            except OSError:
+                pass  # then the next reader finds a torn record and cuts it
+            try:
+                os.pwrite(self.fd, data[written:], offset + written)  # to get the reason
+            except OSError as exc:
+                raise _storage_error("write", self.path, exc) from None
             raise StorageError(f"cannot write {str(self.path)!r}: short write ({written} of {len(data)} bytes)")
 
     def index_put(self, seq: int, offset: int) -> None:

@@ -529,22 +529,33 @@ class QueueStore:
         return None
 
     def _quarantine_bytes(self, seg: Segment, start: int, end: int, why: str) -> None:
+        """Save damaged bytes before they are covered. Raises StorageError (and the caller
+        leaves the bytes alone) if they cannot be saved, e.g. on a full disk."""
         data = bytes(seg.mm[start:end])
         if not data.strip(b"\x00"):
             return
-        qdir = self._quarantine_dir()
-        target = qdir / f"{seg.segno:010d}-{start}.bin"
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        target = self._quarantine_dir() / f"{seg.segno:010d}-{start}.bin"
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(
+                f"queue {self.name!r}: found {why} in {str(seg.path)!r} at offset {start} but cannot "
+                f"save it to {str(target)!r} ({exc.strerror or exc}); nothing was changed"
+            ) from None
         self._note(why, seg.path, start, len(data), target)
 
     def _quarantine_dir(self) -> Path:
         qdir = self.path / "quarantine"
-        qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        try:
+            qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"queue {self.name!r}: cannot create {str(qdir)!r}: {exc.strerror}") from None
         return qdir
 
     def _note(self, why: str, path: Path, offset: int, length: int, saved: Path | None = None) -> None:
@@ -555,11 +566,14 @@ class QueueStore:
         }
         logger.warning("queue %r: %s in %s at offset %d (%d bytes)%s", self.name, why, path, offset, length,
                        "" if saved is None else f", kept in {saved}")
-        fd = os.open(self._quarantine_dir() / "REPORT.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         try:
-            os.write(fd, (json.dumps(entry) + "\n").encode())
-        finally:
-            os.close(fd)
+            fd = os.open(self._quarantine_dir() / "REPORT.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            try:
+                os.write(fd, (json.dumps(entry) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:  # the warning above is logged; the report line is best effort
+            logger.warning("queue %r: cannot append to quarantine/REPORT.jsonl: %s", self.name, exc)
 
     def _apply(self, h: Header, loc: Loc, mm: Any) -> None:
         self._limit = loc
