@@ -134,3 +134,12 @@ def test_a_torn_tail_is_cut_and_kept(built: tuple[Path, list[str]]) -> None:
     assert reopen_and_drain(root) == list(range(TAKEN, TOTAL))
     [event] = report(root)
     assert "end of the log" in str(event["what"])
+
+
+def test_a_log_with_every_segment_gone_starts_afresh(built: tuple[Path, list[str]]) -> None:
+    root, _ = built
+    for path in log_dir(root).iterdir():
+        path.unlink()
+    (root / "queues" / "q" / "checkpoint.json").unlink()
+    assert reopen_and_drain(root) == []
+    assert report(root)[0]["what"] == "no log segment left: starting a new log"

@@ -227,9 +227,12 @@ class QueueStore:
 
     def _oldest_segment(self) -> int:
         numbers = sorted(int(p.stem) for p in self.log_dir.glob("*.log") if p.stem.isdigit())
-        if not numbers:
-            raise CorruptionError(f"queue {self.name!r} has no log segment in {str(self.log_dir)!r}")
-        return numbers[0]
+        if numbers:
+            return numbers[0]
+        # Every segment is gone (deleted by hand, lost with a disk): report it, start afresh.
+        self._note("no log segment left: starting a new log", self.log_dir, 0, 0)
+        create_segment(self.log_dir, 1, self.segment_size, 1, encode(RecordType.SEGMENT, 1, ts=_now_ms()), FILE_MODE)
+        return 1
 
     def _close_files(self) -> None:
         for seg in self._segments.values():
