@@ -16,6 +16,7 @@ from ...errors import QueueNotFound, StorageError
 from ...manager import MessageFilter, OnDuplicate, QueueManager
 from ...message import QueueMessage, validate_queue_name
 from ...status import FailedMessage, QueueStatus
+from .fsck import FsckReport, check_queue
 from .store import DIR_MODE, QueueStore, init_queue_dir
 
 __all__ = ["FileQueueManager"]
@@ -216,6 +217,24 @@ class FileQueueManager(QueueManager):
     def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._retrying(queue, lambda s: s.update_meta(changes))
         return result
+
+    # -- checking -----------------------------------------------------------------------
+    def fsck(self, queue: str, *, repair: bool = False) -> FsckReport:
+        """Check ``queue``'s files without changing them; with ``repair``, repair first.
+
+        The check reads with its own mappings and never writes. Repairing takes the queue's
+        lock, walks the whole log through the reader every operation uses (damaged bytes go
+        to quarantine/, see docs/DESIGN.md), rebuilds the indexes and writes a checkpoint.
+        """
+        name = validate_queue_name(queue)
+        path = self.root / name
+        if not (path / "log").is_dir():
+            raise QueueNotFound(f"queue {name!r} does not exist")
+        if repair:
+            self._with_store(name).repair()
+        report = check_queue(path, name)
+        report.repaired = repair
+        return report
 
     # -- failed store -------------------------------------------------------------------
     def _fail(self, queue: str, uuid: str, attempt: int | None, error: str) -> None:

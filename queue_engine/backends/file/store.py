@@ -52,7 +52,7 @@ from ...manager import MessageFilter
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...status import FailedMessage, MessageRef, QueueStatus
 from .records import HEADER_SIZE, MAGIC, VALID_TYPES, Flag, Header, RecordType, body_valid, encode, read_header
-from .segments import Segment, create_segment, fsync_dir, segment_path
+from .segments import MIN_ADD_SIZE, Segment, create_segment, fsync_dir, segment_path
 from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
 
 logger = logging.getLogger("qengine.file")
@@ -1339,10 +1339,49 @@ class QueueStore:
         self.sync_after_write(seg)
         return len(seen)
 
+    def repair(self) -> None:
+        """Walk the whole log under the lock, repairing damage on the way (the same code every
+        reader uses), rebuild every segment's index from the log, write a fresh checkpoint."""
+        with self._locked() as view:
+            start = (self._oldest_segment(), 0)
+            adds: dict[int, list[tuple[int, int]]] = {}
+            firsts: dict[int, int] = {}
+            for segno, off, h in self._walk(start, view.position):
+                if h.type == RecordType.SEGMENT:
+                    firsts[segno] = h.seq
+                elif h.type == RecordType.ADD:
+                    adds.setdefault(segno, []).append((h.seq, off))
+            for seg in self._segments.values():
+                seg.close()  # indexes are replaced below: drop the old mappings
+            self._segments.clear()
+            for segno, first in firsts.items():
+                _rebuild_index(self.log_dir, segno, first, adds.get(segno, []))
+            self._checkpoint()
+
     def mark_destroyed(self) -> None:
         with self._locked():
             self._append([encode(RecordType.DESTROYED, 0, ts=_now_ms())])
             self.flush_locked()
+
+
+def _rebuild_index(log_dir: Path, segno: int, first_seq: int, adds: list[tuple[int, int]]) -> None:
+    """Write segment ``segno``'s index afresh (temporary file renamed into place)."""
+    log = segment_path(log_dir, segno)
+    slots = log.stat().st_size // MIN_ADD_SIZE + 1
+    data = bytearray(8 + 4 * slots)
+    struct.pack_into("<Q", data, 0, first_seq)
+    for seq, off in adds:
+        if 0 <= seq - first_seq < slots:
+            struct.pack_into("<I", data, 8 + 4 * (seq - first_seq), off + 1)
+    target = segment_path(log_dir, segno, ".idx")
+    tmp = target.with_suffix(".idx.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, bytes(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 def _as_group(records: list[bytes]) -> list[bytes]:
