@@ -80,7 +80,7 @@ def check_queue(path: Path, name: str) -> FsckReport:
         report.notes.append(f"files that are not segments (ignored): {', '.join(stray)}")
     if not numbers:
         report.problems.append("no log segment")
-    for previous, current in zip(numbers, numbers[1:]):
+    for previous, current in zip(numbers, numbers[1:], strict=False):  # pairs of neighbours
         if current != previous + 1:
             report.problems.append(f"segments {previous + 1}..{current - 1} are missing")
     for i, segno in enumerate(numbers):
