@@ -67,6 +67,12 @@ LAZY_COMMANDS: dict[str, str] = {
     **{name: f"queue_engine.cli_work:{name}" for name in ("work", "failed", "requeue", "forget", "purge", "audit")},
     "daemon": "queue_engine.cli_daemon:daemon",
     "migrate": "queue_engine.cli_migrate:migrate",
+    "hooks": "queue_engine.cli_hooks:hooks",
+    "subscribe": "queue_engine.cli_pubsub:subscribe",
+    "unsubscribe": "queue_engine.cli_pubsub:unsubscribe",
+    "publish": "queue_engine.cli_pubsub:publish",
+    "topics": "queue_engine.cli_pubsub:topics",
+    "queues": "queue_engine.cli_catalog:queues",
 }
 
 
@@ -428,10 +434,25 @@ queue_argument = click.argument("queue", type=QueueName())
 @queue_argument
 @click.option("--attr", "attrs", multiple=True, type=KeyValue(),
               help="Custom attribute KEY=VALUE (VALUE as JSON when valid, else text). Repeatable.")
+@click.option("--description", default=None, help="Catalogue: a short text for people (see qengine queues).")
+@click.option("--manual/--no-manual", "manual", default=None,
+              help="Catalogue: whether a person may add messages (qengine add). Default: allowed.")
+@click.option("--class", "class_name", default=None, metavar="NAME", help="Catalogue: the related entity class.")
 @pass_app
-def create(app: AppContext, queue: str, attrs: tuple[tuple[str, Any], ...]) -> None:
-    """Create QUEUE; prints "created", or "exists" when it already existed."""
+def create(
+    app: AppContext, queue: str, attrs: tuple[tuple[str, Any], ...], description: str | None, manual: bool | None,
+    class_name: str | None,
+) -> None:
+    """Create QUEUE; prints "created", or "exists" when it already existed.
+
+    --description, --manual/--no-manual and --class set its catalogue entry, also for an
+    existing queue (options not given keep their value).
+    """
     created = app.manager.create_queue(queue, **dict(attrs))
+    if description is not None or manual is not None or class_name is not None:
+        from .catalog import set_entry
+
+        set_entry(app.manager, queue, description=description, manual=manual, class_name=class_name)
     click.echo("created" if created else "exists")
 
 
@@ -467,7 +488,11 @@ def add(
     app: AppContext, queue: str, alias: str | None, data: JsonValue | None, retries: int,
     defer_until: datetime | None, delay: float | None, disabled: bool, username: str | None, on_duplicate: str,
 ) -> None:
-    """Add a message to QUEUE (created if needed); prints its uuid."""
+    """Add a message to QUEUE (created if needed); prints its uuid.
+
+    This is a manual insertion: refused when the queue's catalogue says --no-manual; with
+    ``[queue] manualMode = direct`` the queue's worker processes it at once.
+    """
     if defer_until is not None and delay is not None:
         raise CliError("use either --defer-until or --delay, not both", USAGE_EXIT)
     if delay is not None:
@@ -477,7 +502,9 @@ def add(
             data=None if data is None else data.value, alias=alias, retries=retries,
             deferred_until=defer_until, disabled=disabled, username=username,
         )
-    click.echo(app.manager.add_message(queue, message, on_duplicate=on_duplicate))  # type: ignore[arg-type]
+    from .catalog import add_manual
+
+    click.echo(add_manual(app.manager, queue, message, on_duplicate=on_duplicate))  # type: ignore[arg-type]
 
 
 @cli.command()

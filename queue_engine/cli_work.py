@@ -295,8 +295,12 @@ def failed(app: AppContext, queue: str | None, limit: int | None, as_json: bool)
 @click.argument("since", metavar="[FROM]", required=False, default=None, type=DateBound(end=False))
 @click.argument("until", metavar="[TO]", required=False, default=None, type=DateBound(end=True))
 @click.option("--dry-run", "dry_run", is_flag=True, help="List what would be requeued; change nothing.")
+@click.option("--pending", is_flag=True,
+              help="Requeue the contingency spool's messages (spooled within [FROM, TO]) instead of failed ones.")
 @pass_app
-def requeue(app: AppContext, queue: str | None, since: datetime | None, until: datetime | None, dry_run: bool) -> None:
+def requeue(
+    app: AppContext, queue: str | None, since: datetime | None, until: datetime | None, dry_run: bool, pending: bool
+) -> None:
     """Put failed messages back in their queue, at their original place, with attempts reset.
 
     \b
@@ -308,8 +312,15 @@ def requeue(app: AppContext, queue: str | None, since: datetime | None, until: d
       qengine requeue '' 2024-07-01 2024-07-01         every queue, failed during July 1st
     TO needs FROM. A bare date as FROM is 00:00 of that day, as TO the end of that day.
     Requeued messages leave the failed store: a second run finds nothing.
+    --pending: add the messages the contingency spool kept (backend down, brokerActive =
+    false), same arguments, FROM/TO on the time they were spooled; they are marked processed.
     """
     _check_range(since, until, from_name="FROM", to_name="TO")
+    if pending:
+        from .cli_catalog import requeue_pending
+
+        requeue_pending(app, queue, since, until, dry_run)
+        return
     manager = app.manager
     selection = _select(manager, queue, since, until)
     if dry_run:

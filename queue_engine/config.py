@@ -300,5 +300,5 @@ def _check_redis_form(config: Config) -> None:
 
 
 # Keys that belong to [queue] but are read by other modules (workers, hooks, ...).
-_LATER_KEYS_CASED: tuple[str, ...] = ("workersPath", "mode")
+_LATER_KEYS_CASED: tuple[str, ...] = ("workersPath", "mode", "brokerActive", "manualMode", "spoolDir")
 _LATER_KEYS = {k.lower() for k in _LATER_KEYS_CASED}

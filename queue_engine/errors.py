@@ -25,6 +25,10 @@ class InvalidQueueName(QueueEngineError, ValueError):
     exit_code = 2
 
 
+class InvalidTopicName(InvalidQueueName):
+    """A topic name does not follow the naming rules (the same as for queue names)."""
+
+
 class InvalidMessage(QueueEngineError, ValueError):
     """A message field holds a value the engine cannot store."""
 
@@ -98,3 +102,9 @@ class TimeLimitExceeded(QueueEngineError):
 
 class ServiceError(QueueEngineError):
     """A daemon could not be started, stopped or signalled (already running, still running, failed)."""
+
+
+class ManualInsertionRefused(QueueEngineError):
+    """The queue's catalogue entry does not allow a person to add messages to it."""
+
+    exit_code = 4

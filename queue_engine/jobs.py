@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .config import Config
-from .errors import InvalidMessage, Unrecoverable
+from .errors import InvalidMessage, StorageError, Unrecoverable
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, validate_queue_name
 from .worker import Worker, WorkerSettings, error_text
 
 __all__ = ["FunctionJobWorker", "Queue", "job_data", "job_path", "resolve_job"]
+
+logger = logging.getLogger("qengine.contingency")
 
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -151,6 +154,9 @@ class Queue:
     defaults to the manager's and decides the mode (``[queue] mode``, ``[worker.NAME] mode``):
 
     * ``queued`` (default): the message is stored and a worker (``qengine work NAME``) runs it.
+      When the backend cannot take it (:class:`StorageError`), or ``[queue] brokerActive =
+      false``, it is put in the contingency spool instead, a warning is logged, and its uuid
+      is returned all the same; ``qengine requeue --pending`` adds it later.
     * ``direct``: an immediate message runs right here, synchronously, through the queue's
       worker with the same attempts, audit records and callbacks as a queued one. Attempts
       follow each other without the backoff wait: the caller is waiting (often a request
@@ -252,7 +258,23 @@ class Queue:
 
             worker, settings = self._direct_worker()
             return run_direct(self.manager, worker, settings, message)
-        return self.manager.add_message(self.name, message)
+        return self._store(message)
+
+    def _store(self, message: QueueMessage) -> str:
+        """Add ``message``, or put it in the contingency spool when the backend cannot take it
+        (or ``[queue] brokerActive = false``); see :mod:`queue_engine.contingency`."""
+        from .contingency import Spool, broker_active
+
+        if broker_active(self.config):
+            try:
+                return self.manager.add_message(self.name, message)
+            except StorageError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "[queue] brokerActive = false"
+        uuid = Spool.from_config(self.config).put(self.name, message, reason)
+        logger.warning("queue %s: message %s spooled for a later requeue --pending: %s", self.name, uuid, reason)
+        return uuid
 
     def _direct_worker(self) -> tuple[Worker, WorkerSettings]:
         if self._worker is None:

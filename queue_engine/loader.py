@@ -30,7 +30,8 @@ import types
 from pathlib import Path
 
 from .config import Config
-from .errors import WorkerError
+from .errors import QueueNotFound, WorkerError
+from .manager import QueueManager
 from .message import validate_queue_name
 from .worker import Worker, error_text
 
@@ -217,13 +218,22 @@ def find_worker_class(queue: str, config: Config | None = None) -> tuple[type[Wo
     return None, searched
 
 
-def load_worker(queue: str, config: Config | None = None, *, function_jobs: bool = True) -> Worker:
+def load_worker(
+    queue: str, config: Config | None = None, *, function_jobs: bool = True, manager: QueueManager | None = None
+) -> Worker:
     """An instance of the worker of ``queue``, with ``queue`` set on it.
 
-    Without a per-type worker: the built-in function-job worker when ``function_jobs`` is
-    true, else :class:`WorkerError` listing every place searched.
+    Without a per-type worker: the REST hook worker when ``manager`` is given and the queue
+    has listeners (queue meta ``"hooks"``); else the built-in function-job worker when
+    ``function_jobs`` is true, else :class:`WorkerError` listing every place searched.
     """
     cls, searched = find_worker_class(queue, config)
+    if cls is None and manager is not None and _has_hooks(manager, queue):
+        from .hooks import HookWorker
+
+        hook_worker = HookWorker(manager, config)
+        hook_worker.queue = queue
+        return hook_worker
     if cls is None:
         where = "; ".join(searched)
         if not function_jobs:
@@ -241,3 +251,10 @@ def load_worker(queue: str, config: Config | None = None, *, function_jobs: bool
             raise WorkerError(f"cannot create worker {cls.__module__}.{cls.__qualname__}: {error_text(exc)}") from exc
     worker.queue = queue
     return worker
+
+
+def _has_hooks(manager: QueueManager, queue: str) -> bool:
+    try:
+        return bool(manager.queue_meta(queue).get("hooks"))
+    except QueueNotFound:
+        return False

@@ -116,12 +116,23 @@ class MessageHandler:
                     pid=os.getpid(),
                     worker=self.worker.name,
                     error=error,
+                    extra=self._extra(message, outcome, attempt),
                 )
             )
         except Exception:
             logger.exception(
                 "could not record the audit of %s message %s (outcome %s)", self.queue, message.uuid, outcome
             )
+
+    def _extra(self, message: QueueMessage, outcome: str, attempt: Attempt) -> dict[str, Any]:
+        """The worker's :meth:`Worker.audit_extra` for this attempt; {} if it raises."""
+        try:
+            outcome_of = attempt.result if attempt.error is None else attempt.error
+            extra = self.worker.audit_extra(message, outcome, outcome_of)
+        except Exception:
+            logger.exception("audit_extra of %s failed for message %s", self.worker.name, message.uuid)
+            return {}
+        return dict(extra) if extra else {}
 
     def _call(self, name: str, callback: Callable[..., Any] | None, *args: Any) -> None:
         if callback is None:
@@ -167,6 +178,10 @@ class MessageHandler:
                 self.failed(message, att.error)
             return
         delay = self.settings.backoff.delay(message.attempts)
+        # An error may carry the wait its source asked for (an HTTP Retry-After): never wait less.
+        retry_after = getattr(att.error, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool) and retry_after > delay:
+            delay = float(retry_after)
         logger.warning(
             "%s message %s attempt %d of %d failed, retry in %.3gs: %s",
             self.queue, message.uuid, message.attempts, self.settings.max_attempts(message), delay, text,
@@ -279,7 +294,7 @@ class WorkerRunner:
         self.sleep = float(sleep)
         self.handlers: dict[str, MessageHandler] = {}
         for name in names:
-            worker = load_worker(name, self.config)
+            worker = load_worker(name, self.config, manager=manager)
             self.handlers[name] = MessageHandler(manager, worker, resolve_settings(worker, self.config, name))
         self._stopping = False
         self._next = 0

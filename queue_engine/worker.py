@@ -89,6 +89,15 @@ class Worker(ABC):
     def on_failure(self, message: QueueMessage, error: BaseException) -> None:  # noqa: B027 - optional hook
         """Called once, after the last attempt failed and the message went to the failed store."""
 
+    def audit_extra(self, message: QueueMessage, outcome: str, result_or_error: Any) -> dict[str, Any]:
+        """Fields to add to this attempt's audit record (``AuditRecord.extra``); JSON values only.
+
+        ``outcome`` is ``success``, ``retry`` or ``failed``; ``result_or_error`` is what
+        ``process`` returned or raised. The webhook worker records the listener and the HTTP
+        status here. Must not raise (an exception is logged and the record gets no extra).
+        """
+        return {}
+
     @property
     def name(self) -> str:
         """The class name, as recorded in the audit trail."""
