@@ -7,7 +7,7 @@ import click
 from .cli import AppContext, QueueName, echo_json, engine_errors, json_option, pass_app
 from .errors import ConfigurationError
 from .factory import QueueFactory
-from .migrate import MigrationResult, describe_storage, migrate_queue, storage_identity
+from .migrate import MigrationResult, describe_storage, migrate_queue, same_storage
 
 __all__ = ["migrate"]
 
@@ -37,7 +37,7 @@ def migrate(app: AppContext, to_config: str, queues: tuple[str, ...], dry_run: b
         destination = QueueFactory.get_queue_manager(to_config)
     try:
         with engine_errors():
-            if storage_identity(source.config) == storage_identity(destination.config):
+            if same_storage(source, destination):
                 raise ConfigurationError(
                     f"--to-config {to_config!r} points at the same storage as the configured backend "
                     f"({describe_storage(source.config)}): nothing to migrate"

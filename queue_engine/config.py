@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -82,7 +83,7 @@ class Config:
     lease: float = 300.0
     #: Redis backend: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, or the
     #: components below (host, port, db, username, password); never both.
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_host: str | None = None
     redis_port: int | None = None
     redis_db: int | None = None
@@ -168,6 +169,10 @@ def _conv_redis_url(where: str, raw: str) -> str:
         # the URL may hold a password: show only its scheme
         scheme = value.split(":", 1)[0] if ":" in value else value[:10]
         raise ConfigurationError(f"{where} must start with redis://, rediss:// or unix:// (got {scheme!r}...)")
+    try:
+        urlsplit(value).port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        raise ConfigurationError(f"{where} has a port out of range (1-65535)") from None
     return value
 
 

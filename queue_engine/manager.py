@@ -361,8 +361,10 @@ class QueueManager(ABC):
     @_records_errors
     def export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]:
         """Every message of ``queue``: pending ones (ready, deferred, disabled; in-flight ones as
-        ready) in queue order, then the failed store. Uuids, aliases, insertion times and
-        attempt counts are kept, so :meth:`import_messages` can recreate them elsewhere."""
+        ready) in queue order, then the failed store. Uuids, aliases, insertion times, and
+        the attempts and errors of failed messages are kept, so :meth:`import_messages` can
+        recreate them elsewhere. Not kept for pending messages: attempts so far and the delay
+        of a ``release(delay=...)`` (they arrive ready, as new)."""
         return self._export_messages(validate_queue_name(queue))
 
     @_records_errors

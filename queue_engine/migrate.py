@@ -22,6 +22,8 @@ both sides while migrating.
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "copy_queue",
     "migrate_queue",
     "remove_copied",
+    "same_storage",
     "storage_identity",
     "verify_copy",
 ]
@@ -78,7 +81,7 @@ class MigrationResult:
 
 
 def storage_identity(config: Config) -> tuple[str, ...]:
-    """What storage a config points at: two configs with the same identity share their queues."""
+    """What storage a config names, from its text (for messages; see :func:`same_storage`)."""
     kind = config.queue_type
     if kind in ("file", "cache"):
         return ("file", str(Path(config.cache_root).resolve()))
@@ -87,6 +90,30 @@ def storage_identity(config: Config) -> tuple[str, ...]:
 
         return ("redis", describe_server(config), config.redis_prefix)
     return (kind, str(id(config)))  # in-process backends never share storage
+
+
+def same_storage(source: QueueManager, destination: QueueManager) -> bool:
+    """Whether two managers reach the same queues, judged on the storage itself, not on
+    config text (``localhost`` and ``127.0.0.1``, a URL and its components, TLS or not, all
+    name one server). Migrating onto the same storage would delete what it copies."""
+    kinds = {source.config.queue_type, destination.config.queue_type}
+    if kinds <= {"file", "cache"}:
+        a = os.stat(Path(source.config.cache_root) / "queues")
+        b = os.stat(Path(destination.config.cache_root) / "queues")
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    if kinds == {"redis"}:
+        if source.config.redis_prefix != destination.config.redis_prefix:
+            return False
+        # a marker written through one client and read through the other: same server and db
+        key = f"{source.config.redis_prefix}:migrate-probe:{secrets.token_hex(8)}"
+        src: Any = source
+        dst: Any = destination
+        src.client.set(key, "1", ex=60)
+        try:
+            return bool(dst.client.exists(key))
+        finally:
+            src.client.delete(key)
+    return source is destination
 
 
 def _uuids(items: list[Item]) -> tuple[set[str], set[str]]:
@@ -154,6 +181,13 @@ def migrate_queue(
 ) -> MigrationResult:
     """Copy, verify, then remove one queue. ``dry_run`` only counts what would move."""
     result = MigrationResult(queue, counts=_counts(source, queue))
+    if result.counts["in_flight"] and not dry_run:
+        # a reserved message would be handed out at the destination while its consumer
+        # still works on it at the source: processed twice
+        raise MigrationError(
+            f"queue {queue!r}: {result.counts['in_flight']} message(s) in flight; stop its consumers "
+            "(or wait for their leases to end) and run again; nothing was copied"
+        )
     if dry_run:
         result.exported = len(source.export_messages(queue))
         return result

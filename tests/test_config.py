@@ -389,3 +389,8 @@ def test_example_documents_every_key_with_its_default(isolated: Path) -> None:
     for name in ("queue_type", "fsync", "fsync_interval", "lock_timeout", "segment_size", "lease"):
         assert getattr(config, name) == getattr(defaults, name), name
     assert config.cache_root.is_absolute()
+
+
+def test_repr_of_a_config_never_shows_a_redis_password(isolated: Path) -> None:
+    config = load_config(redis_url="redis://app:s3cret@host:6379/0")
+    assert "s3cret" not in repr(config)

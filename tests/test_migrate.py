@@ -226,3 +226,52 @@ def test_same_storage_is_refused(configs: dict[str, Path], managers: dict[str, Q
     assert result.exit_code == 2
     assert "same storage" in result.stderr
     assert len(managers["redis"].export_messages(Q)) == 5
+
+
+# -- regressions from review ---------------------------------------------------------------
+
+
+def _run_migrate(source: Path, target: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--config", str(source), "migrate", "--to-config", str(target), *args])
+
+
+def test_same_redis_server_named_differently_is_refused(tmp_path: Path, redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    by_url = tmp_path / "a.ini"
+    by_url.write_text(f"[queue]\nqueueType = redis\nredisUrl = redis://localhost:{port}/0\n")
+    by_parts = tmp_path / "b.ini"
+    by_parts.write_text(f"[queue]\nqueueType = redis\nredisHost = 127.0.0.1\nredisPort = {port}\n")
+    with QueueFactory.get_queue_manager(by_url) as manager:
+        for i in range(5):
+            manager.add_message(Q, QueueMessage(data=i))
+    result = _run_migrate(by_url, by_parts)
+    assert result.exit_code != 0 and "same storage" in result.stderr, result.stderr
+    with QueueFactory.get_queue_manager(by_parts) as manager:
+        assert manager.queue_status(Q).ready == 5
+
+
+def test_same_cache_root_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    a = tmp_path / "a.ini"
+    a.write_text(f"[queue]\ncacheRoot = {real}\nfsync = never\n")
+    b = tmp_path / "b.ini"
+    b.write_text(f"[queue]\ncacheRoot = {tmp_path / 'alias'}/.\nfsync = never\n")
+    with QueueFactory.get_queue_manager(a) as manager:
+        manager.add_message(Q, QueueMessage(data=1))
+    result = _run_migrate(a, b)
+    assert result.exit_code != 0 and "same storage" in result.stderr, result.stderr
+    with QueueFactory.get_queue_manager(a) as manager:
+        assert manager.queue_status(Q).ready == 1
+
+
+def test_a_queue_with_messages_in_flight_is_not_migrated(managers: dict[str, QueueManager]) -> None:
+    source, destination = managers["file"], managers["redis"]
+    source.add_message(Q, QueueMessage(data=1))
+    source.add_message(Q, QueueMessage(data=2))
+    assert source.reserve(Q, lease=LONG) is not None
+    with pytest.raises(MigrationError, match="in flight"):
+        migrate_queue(source, destination, Q)
+    assert source.queue_status(Q).messages_to_process == 2
+    assert not destination.queue_exists(Q)

@@ -409,3 +409,11 @@ def test_audit_log_on_redis_query_and_retention(open_redis: Callable[..., QueueM
     # retention: pruning "a year from now" removes every entry recorded so far
     assert log.prune(now=now + 400 * 86400) == 4
     assert log.query("jobs") == []
+
+
+def test_a_url_with_a_bad_port_is_a_configuration_error() -> None:
+    from queue_engine import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        QueueFactory.get_queue_manager(queue_type="redis", redis_url="redis://u:s3cret@h:99999/0")
+    assert "s3cret" not in str(info.value)

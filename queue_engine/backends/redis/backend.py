@@ -38,6 +38,7 @@ from redis.retry import Retry
 
 from ...config import Config
 from ...errors import (
+    ConfigurationError,
     DuplicateAlias,
     LeaseLost,
     LockTimeout,
@@ -113,12 +114,19 @@ def connect(config: Config) -> redis.Redis:
     options: dict[str, Any] = {
         "socket_timeout": config.redis_timeout,
         "socket_connect_timeout": config.redis_timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), _RETRIES),
+        # Retry a refused or reset connection only: after a timeout the script may have run,
+        # and running ack, take or add_failed twice is not the same as running them once.
+        "retry": Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), _RETRIES, supported_errors=(redis.exceptions.ConnectionError,)
+        ),
         "decode_responses": True,
         "client_name": "qengine",
     }
     if config.redis_url:
-        return redis.Redis.from_url(config.redis_url, **options)
+        try:
+            return redis.Redis.from_url(config.redis_url, **options)
+        except ValueError as exc:  # e.g. a port out of range; the URL may hold a password
+            raise ConfigurationError(f"redisUrl is not a usable Redis URL: {str(exc).split(':')[0]}") from None
     return redis.Redis(
         host=config.redis_host or "localhost",
         port=config.redis_port or 6379,
