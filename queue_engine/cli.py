@@ -67,6 +67,7 @@ LAZY_COMMANDS: dict[str, str] = {
     **{name: f"queue_engine.cli_work:{name}" for name in ("work", "failed", "requeue", "forget", "purge", "audit")},
     "daemon": "queue_engine.cli_daemon:daemon",
     "migrate": "queue_engine.cli_migrate:migrate",
+    "fsck": "queue_engine.cli_fsck:fsck",
     "hooks": "queue_engine.cli_hooks:hooks",
     "subscribe": "queue_engine.cli_pubsub:subscribe",
     "unsubscribe": "queue_engine.cli_pubsub:unsubscribe",

@@ -84,3 +84,24 @@ def test_repair_fixes_damage_and_keeps_intact_messages(root: Path) -> None:
 def test_fsck_of_a_missing_queue(root: Path) -> None:
     with pytest.raises(QueueNotFound):
         open_manager(root).fsck("nope")
+
+
+def test_fsck_command_checks_and_repairs(root: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = root / "c.ini"
+    config.write_text(f"[queue]\ncacheRoot = {root}\nfsync = never\nsegmentSize = 65536\n")
+    base = [sys.executable, "-m", "queue_engine", "--config", str(config), "fsck"]
+    ok = subprocess.run([*base, "q"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("q: ok"), ok
+    seg = second_segment(root)
+    data = bytearray(seg.read_bytes())
+    data[20000] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    bad = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and json.loads(bad.stdout)[0]["ok"] is False, bad
+    fixed = subprocess.run([*base, "q", "--repair"], capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0 and "(repaired)" in fixed.stdout, fixed
+    assert "Traceback" not in ok.stderr + bad.stderr + fixed.stderr
