@@ -417,3 +417,16 @@ def test_a_url_with_a_bad_port_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         QueueFactory.get_queue_manager(queue_type="redis", redis_url="redis://u:s3cret@h:99999/0")
     assert "s3cret" not in str(info.value)
+
+
+def test_export_and_import_page_through_big_queues(open_redis: Callable[..., QueueManager]) -> None:
+    source = open_redis(redis_prefix="src")
+    target = open_redis(redis_prefix="dst")
+    total = 2500  # more than two pages / batches
+    for start in range(0, total, 500):
+        source.add_messages("big", [QueueMessage(data=i, alias=f"a{i}") for i in range(start, start + 500)])
+    exported = source.export_messages("big")
+    assert [m.data for m in exported] == list(range(total))  # type: ignore[union-attr]
+    assert target.import_messages("big", exported) == total
+    assert target.import_messages("big", exported) == 0
+    assert [m.uuid for m in target.export_messages("big")] == [m.uuid for m in exported]  # type: ignore[union-attr]

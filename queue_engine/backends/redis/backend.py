@@ -524,20 +524,59 @@ class RedisQueueManager(QueueManager):
         return len(self._move_failed("forget", queue, since, until, uuids))
 
     # -- moving queues between backends ---------------------------------------------------
+    def _export_pages(self, queue: str, which: str, width: int) -> list[list[Any]]:
+        """Rows of ``width`` fields for pending ('p') or failed ('f') messages, page by page."""
+        rows: list[list[Any]] = []
+        start = 0
+        while True:
+            reply = self._run("export", queue, which, start, _PAGE)
+            if reply[0] == "noqueue":
+                self._missing(queue)
+            flat = reply[1]
+            rows += [flat[i : i + width] for i in range(0, len(flat), width)]
+            if len(flat) < _PAGE * width:
+                return rows
+            start += _PAGE
+
     def _export_messages(self, queue: str) -> list[QueueMessage | FailedMessage]:
-        reply = self._run("export", queue)
-        if reply[0] == "noqueue":
-            self._missing(queue)
-        pending, failed = reply[1], reply[2]
         out: list[QueueMessage | FailedMessage] = [
-            self._message(queue, *pending[i : i + 4]) for i in range(0, len(pending), 4)
+            self._message(queue, *row) for row in self._export_pages(queue, "p", 4)
         ]
-        rows = [failed[i : i + 7] for i in range(0, len(failed), 7)]
-        rows.sort(key=lambda row: int(row[6]))
-        out += [self._failed(queue, row) for row in rows]
+        failed = self._export_pages(queue, "f", 7)
+        failed.sort(key=lambda row: int(row[6]))
+        out += [self._failed(queue, row) for row in failed]
         return out
 
     def _import_messages(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int:
+        # Aliases are checked for the whole import first, so a conflict adds nothing; then
+        # the messages go in batches (each one script) so the server is never held for long.
+        self._check_import_aliases(queue, items)
+        added = 0
+        for start in range(0, len(items), _PAGE):
+            added += self._import_batch(queue, items[start : start + _PAGE])
+        return added
+
+    def _check_import_aliases(self, queue: str, items: list[QueueMessage | FailedMessage]) -> None:
+        wanted: dict[str, str] = {}
+        for item in items:
+            if isinstance(item, QueueMessage) and item.alias is not None:
+                if item.alias in wanted and wanted[item.alias] != item.uuid:
+                    raise DuplicateAlias(
+                        f"queue {queue!r}: alias {item.alias!r} appears twice in the import",
+                        queue=queue, alias=item.alias, uuid="",
+                    )
+                wanted[item.alias] = str(item.uuid)
+        if not wanted:
+            return
+        holders = self._call(self.client.hmget, f"{self.base(queue)}:alias", list(wanted))
+        for (alias, uuid), holder in zip(wanted.items(), holders, strict=True):
+            if holder is not None and holder != uuid:
+                raise DuplicateAlias(
+                    f"queue {queue!r} already has a pending message with alias {alias!r} ({holder})",
+                    queue=queue, alias=alias, uuid=holder,
+                )
+
+    def _import_batch(self, queue: str, items: list[QueueMessage | FailedMessage]) -> int:
         args: list[Any] = [len(items)]
         for item in items:
             message = item.message if isinstance(item, FailedMessage) else item

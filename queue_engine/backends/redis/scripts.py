@@ -442,20 +442,19 @@ return out
 
 # ARGV: MP -> {'ok', {u, rec, ins, att, ...} pending in order, {u, rec, ins, att, err, fat, seq, ...} failed}
 _EXPORT = r"""
+-- ARGV: MP, 'p' (pending) or 'f' (failed), start index, count: one page, so that a big
+-- queue never holds the server for long
 if not exists() then return {'noqueue'} end
-local pending = {}
-for _, u in ipairs(redis.call('ZRANGE', K_PENDING, 0, -1)) do
-  local f = redis.call('HMGET', MP .. u, 'rec', 'ins', 'att')
-  pending[#pending + 1] = u
-  for i = 1, 3 do pending[#pending + 1] = f[i] end
+local key, fields = K_PENDING, {'rec', 'ins', 'att'}
+if ARGV[2] == 'f' then key, fields = K_FAILED, {'rec', 'ins', 'att', 'err', 'fat', 'seq'} end
+local start = tonumber(ARGV[3])
+local out = {}
+for _, u in ipairs(redis.call('ZRANGE', key, start, start + tonumber(ARGV[4]) - 1)) do
+  local f = redis.call('HMGET', MP .. u, unpack(fields))
+  out[#out + 1] = u
+  for i = 1, #fields do out[#out + 1] = f[i] end
 end
-local failed = {}
-for _, u in ipairs(redis.call('ZRANGE', K_FAILED, 0, -1)) do
-  local f = redis.call('HMGET', MP .. u, 'rec', 'ins', 'att', 'err', 'fat', 'seq')
-  failed[#failed + 1] = u
-  for i = 1, 6 do failed[#failed + 1] = f[i] end
-end
-return {'ok', pending, failed}
+return {'ok', out}
 """
 
 # ARGV: MP, n, then per item: kind ("p"/"f"), uuid, alias, rec, dis, du, ins, attempts, errors JSON, failed_at us
