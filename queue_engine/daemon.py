@@ -215,13 +215,25 @@ class WorkerDaemon(Daemon):
         self.runner: Any = None
         self._idle = False
 
-    def setup(self) -> None:
+    def _build(self, config: Config | None, queues: Sequence[str]) -> tuple[QueueManager, Any]:
+        """A manager and a runner for ``queues`` under ``config``; nothing is kept when it raises."""
         from .factory import QueueFactory
         from .runner import WorkerRunner
 
-        if self.manager is None:
-            self.manager = QueueFactory.get_queue_manager(self.config)
-        self.runner = WorkerRunner(self.manager, list(self.queues), config=self.config or self.manager.config, sleep=0)
+        manager = self._given_manager or QueueFactory.get_queue_manager(config)
+        try:
+            runner = WorkerRunner(manager, list(queues), config=config or manager.config, sleep=0)
+        except BaseException:
+            if manager is not self._given_manager:
+                manager.close()
+            raise
+        return manager, runner
+
+    def setup(self) -> None:
+        self.manager, self.runner = self._build(self.config, self.queues)
+        self._log_hosting()
+
+    def _log_hosting(self) -> None:
         workers = ", ".join(f"{q}={h.worker.name}" for q, h in self.runner.handlers.items())
         self.log.info("hosting %s", workers)
 
@@ -238,13 +250,16 @@ class WorkerDaemon(Daemon):
 
     def reload(self, config: Config) -> None:
         """Rebuild the workers with ``config``; a daemon named in ``[daemon.NAME] queues`` takes
-        the queue list and idle sleep from the new config too."""
+        the queue list and idle sleep from the new config too. When the rebuild raises, the
+        previous manager and workers stay in place."""
         spec = find_daemon(self.name, config) if self.name else None
-        self._close()
-        self.config = config
-        if spec is not None and spec.kind == "worker":
-            self.queues, self.sleep = spec.queues, spec.sleep
-        self.setup()
+        queues, sleep = (spec.queues, spec.sleep) if spec is not None and spec.kind == "worker" else (
+            self.queues, self.sleep)
+        manager, runner = self._build(config, queues)
+        if manager is not self.manager:
+            self._close()
+        self.manager, self.runner, self.config, self.queues, self.sleep = manager, runner, config, queues, sleep
+        self._log_hosting()
 
     def status(self) -> dict[str, Any]:
         return {"workers": {q: h.worker.name for q, h in self.runner.handlers.items()} if self.runner else {}}
@@ -559,8 +574,15 @@ class DaemonLoop:
     * SIGTERM, SIGINT: stop after the current iteration; ``execute_stop`` runs; :meth:`run`
       returns 0. A second one while daemon code runs ends the process at once with status
       128 + signal (``on_immediate_stop`` runs first); an unacked message is redelivered.
+      With ``handle_sigint=False`` SIGINT is left alone (a worker process under a supervisor:
+      Ctrl-C reaches the whole process group, and only the supervisor decides).
     * SIGHUP: ``reload_config()`` and ``daemon.reload(config)`` before the next iteration.
     * SIGUSR1: log a status line.
+
+    The handlers never log nor run daemon code: a notice of a stop signal is one line written
+    with ``os.write`` to file descriptor 2 (the log file of a detached daemon).
+    ``on_immediate_stop(signum)`` runs inside the handler, so it must not log, take locks or
+    call daemon code either.
 
     ``heartbeat(force)`` is called after each iteration, during sleeps and at each status
     change (``force=True``); the callee rate-limits. ``should_stop()`` is polled like a flag.
@@ -576,6 +598,7 @@ class DaemonLoop:
         reload_config: Callable[[], Config] | None = None,
         on_immediate_stop: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        handle_sigint: bool = True,
     ) -> None:
         self.daemon = daemon
         self.name = name
@@ -584,6 +607,7 @@ class DaemonLoop:
         self._reload_config = reload_config
         self._on_immediate_stop = on_immediate_stop
         self._should_stop = should_stop
+        self._handle_sigint = handle_sigint
         self._stop_signals = 0
         self._reload = False
         self._report = False
@@ -603,6 +627,16 @@ class DaemonLoop:
             self._stop_signals = 1
         return self._stop_signals > 0
 
+    def _notice(self, level: str, text: str) -> None:
+        """One log-formatted line to fd 2 with a single write(): no logging lock, no buffer."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now * 1000) % 1000:03d}"
+        line = f"{stamp} {level} {logger.name}[{os.getpid()}]: daemon {self.name} (pid {os.getpid()}) {text}\n"
+        try:
+            os.write(2, line.encode("utf-8", "replace"))
+        except OSError:  # a closed stderr must not break the stop
+            pass
+
     def handle_signal(self, signum: int, frame: FrameType | None) -> None:
         """The signal handler: sets flags only, except a second stop signal during daemon code."""
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -610,13 +644,11 @@ class DaemonLoop:
             self.daemon._stop_requested = True
             sig = signal.Signals(signum).name
             if self._stop_signals == 1:
-                logger.info("daemon %s (pid %d) got %s: stopping after the current iteration",
-                            self.name, os.getpid(), sig)
+                self._notice("INFO", f"got {sig}: stopping after the current iteration")
             elif self.state.busy:
-                logger.warning("daemon %s (pid %d) got %s again: stopping at once", self.name, os.getpid(), sig)
+                self._notice("WARNING", f"got {sig} again: stopping at once")
                 if self._on_immediate_stop is not None:
                     self._on_immediate_stop(signum)
-                logging.shutdown()
                 os._exit(128 + signum)  # as if killed: an unacked message comes back when its lease ends
         elif signum == signal.SIGHUP:
             self._reload = True
@@ -625,11 +657,14 @@ class DaemonLoop:
 
     @contextmanager
     def signals(self) -> Iterator[None]:
-        """Install :meth:`handle_signal` for TERM, INT, HUP, USR1 (main thread only); restore on exit."""
+        """Install :meth:`handle_signal` for TERM, INT (unless ``handle_sigint=False``), HUP, USR1
+        (main thread only); restore on exit."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        wanted = [signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1]
+        if self._handle_sigint:
+            wanted.append(signal.SIGINT)
         previous = {sig: signal.signal(sig, self.handle_signal) for sig in wanted}
         try:
             yield

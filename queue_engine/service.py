@@ -205,12 +205,38 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-class PidFile:
-    """The pidfile of a running daemon: created atomically and locked until :meth:`release`."""
+#: Descriptors of the pidfiles this process holds. A process forked from a daemon (daemon
+#: code calling os.fork, multiprocessing) closes them: a child that outlives the daemon must
+#: not keep its lock, which would make the daemon look alive.
+_HELD: set[int] = set()
 
-    def __init__(self, path: Path) -> None:
+
+def _close_held_pidfiles() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_pidfiles)
+
+#: Seconds a start retries a pidfile lock that is taken, before concluding that a daemon holds
+#: it: a ``status`` probe holds a shared lock on it for an instant.
+LOCK_CONTENTION_WAIT = 1.0
+
+
+class PidFile:
+    """The pidfile of a running daemon: created atomically and locked until :meth:`release`.
+
+    ``contention_wait``: seconds to retry a taken lock before reporting "already running".
+    """
+
+    def __init__(self, path: Path, *, contention_wait: float = LOCK_CONTENTION_WAIT) -> None:
         self.path = path
         self.fd: int | None = None
+        self.contention_wait = contention_wait
 
     def acquire(self) -> None:
         """Write and lock the pidfile; raise ServiceError when a live daemon holds it.
@@ -238,13 +264,11 @@ class PidFile:
                 except FileNotFoundError:
                     continue
                 try:
-                    try:
-                        fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                    if not self._lock_old(old):
                         other, _ = _parse_pid(os.read(old, 128).decode("ascii", "replace"))
                         raise ServiceError(
                             f"daemon {self.path.stem} is already running (pid {other}, pidfile {self.path})"
-                        ) from None
+                        )
                     if _same_file(old, self.path):
                         logger.info("replacing the stale pidfile %s", self.path)
                         os.rename(tmp, self.path)
@@ -257,12 +281,27 @@ class PidFile:
             raise
         tmp.unlink(missing_ok=True)  # after link(); rename() already moved it
         self.fd = fd
+        _HELD.add(fd)
+
+    def _lock_old(self, fd: int) -> bool:
+        """LOCK_EX on an existing pidfile, retried for ``contention_wait`` seconds; False when still taken."""
+        deadline = time.monotonic() + self.contention_wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+            time.sleep(0.01)
 
     def release(self) -> None:
-        """Delete the pidfile (if still ours) and drop the lock. Idempotent."""
+        """Delete the pidfile (if still ours) and drop the lock. Idempotent; plain system calls
+        only (safe in a signal handler)."""
         fd, self.fd = self.fd, None
         if fd is None:
             return
+        _HELD.discard(fd)
         try:
             if _same_file(fd, self.path):
                 self.path.unlink(missing_ok=True)
@@ -319,6 +358,18 @@ class StateWriter:
         data.update(extra)
         data["heartbeat"] = time.time()
         self.file.write(data)
+
+    def immediate(self, **extra: Any) -> None:
+        """Write the state now from a signal handler: the loop's counters only, no daemon code."""
+        data = dict(self.base)
+        if self.loop is not None:
+            data.update(self.loop.state.to_dict())
+        data.update(extra)
+        data["heartbeat"] = time.time()
+        try:
+            self.file.write(data)
+        except OSError:  # the process ends right after: nothing better to do
+            pass
 
 
 # -- logging --------------------------------------------------------------------------------
@@ -444,9 +495,8 @@ def run_daemon(
         if count > 1:
             from .supervisor import Supervisor
 
-            supervisor = Supervisor(spec, config, paths, count, writer=writer, stderr=stderr and not detach)
-            if early.stop:
-                supervisor.request_stop()
+            supervisor = Supervisor(spec, config, paths, count, writer=writer, stderr=stderr and not detach,
+                                    should_stop=lambda: early.stop)
             code = supervisor.run()
         else:
             code = _run_single(spec, config, writer, tag, early, pidfile)
@@ -470,21 +520,21 @@ def _run_single(spec: DaemonSpec, config: Config, writer: StateWriter, tag: str,
                 pidfile: PidFile) -> int:
     daemon = spec.create()
 
-    def immediate(signum: int) -> None:
-        writer(True, status="killed", exit_code=128 + signum)
+    def immediate(signum: int) -> None:  # inside the signal handler: plain system calls only
+        writer.immediate(status="killed", exit_code=128 + signum)
         pidfile.release()
 
+    # ``early`` is polled by the loop, so a stop signal caught by it before the loop's own
+    # handlers are installed is never lost.
     loop = DaemonLoop(
         daemon, name=spec.name, config=config, heartbeat=writer, reload_config=lambda: reload_config(loop_config()),
-        on_immediate_stop=immediate,
+        on_immediate_stop=immediate, should_stop=lambda: early.stop,
     )
 
     def loop_config() -> Config:
         return daemon.config or config
 
     writer.loop = loop
-    if early.stop:
-        loop.request_stop()
     try:
         code = loop.run()
     except Exception as exc:
@@ -718,7 +768,10 @@ def signal_daemon(name: str, config: Config, signum: int) -> int:
     if info is None or not info.alive or info.pid is None:
         raise ServiceError(f"daemon {name} is not running")
     _check_identity(name, info)
-    os.kill(info.pid, signum)
+    try:
+        os.kill(info.pid, signum)
+    except ProcessLookupError:  # it exited after the pidfile was read
+        raise ServiceError(f"daemon {name} is not running (pid {info.pid} has exited)") from None
     return info.pid
 
 
@@ -755,7 +808,10 @@ def stop_daemon(name: str, config: Config, *, timeout: float | None = None, forc
         except QueueEngineError:
             spec = None
         timeout = stop_timeout(config, spec)
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited after the pidfile was read
+        return f"not running (pid {pid} has exited)"
     if _wait_dead(paths.pidfile, timeout):
         return f"stopped (pid {pid})"
     if not force:

@@ -476,3 +476,223 @@ def test_install_systemd_and_supervisor(env: Env, tmp_path: Path) -> None:
     assert "WantedBy=default.target" in (dest / "qengine-slow.service").read_text()
     neither = runner.invoke(cli, ["--config", str(env.config), "daemon", "install", "slow"])
     assert neither.exit_code == 2 and neither.stderr.strip() == "Error: choose --systemd or --supervisor"
+
+
+# -- review fixes: stop signals, failed starts, pidfile races ---------------------------------
+def _busy_child(env: Env, uid: str) -> int:
+    return int((env.root / f"started-{uid}").read_text())
+
+
+def test_processes_ctrl_c_lets_the_busy_worker_finish(env: Env, wait_for: Wait) -> None:
+    # Ctrl-C sends SIGINT to the whole process group: the workers must ignore it and get one
+    # SIGTERM from the supervisor, not SIGINT + SIGTERM (= "stop at once").
+    err_path = env.root / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(env.cmd("daemon", "run", "slow", "--processes", "2"), env=env.env, cwd=env.root,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        wait_for(lambda: env.state("slow").get("status") == "running" and env.alive("slow"))
+        uid = env.add("Slow")
+        wait_for(lambda: (env.root / f"started-{uid}").exists())
+        busy = _busy_child(env, uid)
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_for(lambda: f"(pid {busy}) got SIGTERM" in err_path.read_text())
+        (env.root / "release").touch()
+        assert proc.wait(timeout=HANG_GUARD) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    text = err_path.read_text()
+    assert f"(pid {busy}) got SIGTERM: stopping after the current iteration" in text
+    assert "again" not in text and f"(pid {busy}) got SIGINT" not in text
+    assert (env.root / f"finished-{uid}").exists()
+    assert env.state("slow")["status"] == "stopped"
+
+
+def test_processes_reload_then_stop_does_not_kill_the_busy_worker(env: Env, wait_for: Wait) -> None:
+    supervisor = env.start("slow", "--processes", "2")
+    uid = env.add("Slow")
+    wait_for(lambda: (env.root / f"started-{uid}").exists())
+    busy = _busy_child(env, uid)
+    os.kill(supervisor, signal.SIGHUP)  # the busy worker gets its SIGTERM: restart after this message
+    wait_for(lambda: f"(pid {busy}) got SIGTERM: stopping after the current iteration" in env.log("slow"))
+    os.kill(supervisor, signal.SIGHUP)  # a second reload must not resend it
+    wait_for(lambda: env.state("slow").get("reloads") == 2)
+    os.kill(supervisor, signal.SIGTERM)
+    wait_for(lambda: "got SIGTERM: stopping its worker processes" in env.log("slow"))
+    # A status line is logged after the supervisor forwarded the stop: anything it sent is sent.
+    os.kill(supervisor, signal.SIGUSR1)
+    wait_for(lambda: f"qengine.daemon[{supervisor}]: status: " in env.log("slow") or not env.alive("slow"))
+    (env.root / "release").touch()
+    wait_for(lambda: not env.alive("slow"))
+    assert (env.root / f"finished-{uid}").exists()
+    assert "again" not in env.log("slow")
+    state = env.state("slow")
+    assert state["status"] == "stopped" and state.get("exit_code") is None
+    manager = env.manager()
+    try:
+        assert manager.queue_status("Slow").messages_to_process == 0  # acked
+    finally:
+        manager.close()
+
+
+def test_processes_start_fails_when_a_worker_process_cannot_start(env: Env) -> None:
+    (env.daemons / "broken.py").write_text(textwrap.dedent("""\
+        from queue_engine.daemon import Daemon
+
+        class BrokenDaemon(Daemon):
+            def setup(self):
+                raise RuntimeError("cannot connect to the database")
+
+            def execute_start(self):
+                pass
+        """))
+    proc = env.qengine("daemon", "start", "broken", "--processes", "2", "--timeout", str(HANG_GUARD), ok=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: daemon broken failed to start: RuntimeError: cannot connect to the database")
+    assert not env.alive("broken")
+    state = env.state("broken")
+    assert state["status"] == "failed" and state["last_error"] == "RuntimeError: cannot connect to the database"
+
+
+def test_second_sigterm_does_not_run_daemon_code_in_the_handler(env: Env, wait_for: Wait) -> None:
+    # status() takes a lock the running iteration holds: called from the signal handler, it
+    # would deadlock the "stop at once".
+    (env.daemons / "locky.py").write_text(textwrap.dedent("""\
+        import os, threading, time
+        from pathlib import Path
+        from queue_engine.daemon import Daemon
+
+        class LockyDaemon(Daemon):
+            def __init__(self):
+                self.lock = threading.Lock()
+
+            def execute_start(self):
+                base = Path(os.environ["QTEST_DIR"])
+                with self.lock:
+                    (base / "in-job").write_text(str(os.getpid()))
+                    deadline = time.monotonic() + 60
+                    while not (base / "release").exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+
+            def status(self):
+                with self.lock:
+                    return {"locked": False}
+        """))
+    pid = env.start("locky")
+    wait_for(lambda: (env.root / "in-job").exists())
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: "got SIGTERM: stopping after the current iteration" in env.log("locky"))
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not env.alive("locky"))
+    state = env.state("locky")
+    assert state["status"] == "killed" and state["exit_code"] == 128 + signal.SIGTERM
+    assert "got SIGTERM again: stopping at once" in env.log("locky")
+
+
+def test_a_process_forked_by_the_daemon_does_not_hold_its_pidfile(env: Env, wait_for: Wait) -> None:
+    (env.daemons / "forker.py").write_text(textwrap.dedent("""\
+        import os, time
+        from pathlib import Path
+        from queue_engine.daemon import Daemon
+
+        class ForkerDaemon(Daemon):
+            sleep_time = 0.05
+            forked = False
+
+            def execute_start(self):
+                if self.forked:
+                    return
+                self.forked = True
+                base = Path(os.environ["QTEST_DIR"])
+                if os.fork() == 0:  # outlives the daemon until the test releases it
+                    (base / "grandchild").write_text(str(os.getpid()))
+                    deadline = time.monotonic() + 60
+                    while not (base / "release").exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    os._exit(0)
+        """))
+    pid = env.start("forker")
+    try:
+        wait_for(lambda: (env.root / "grandchild").exists())
+        os.kill(pid, signal.SIGKILL)  # no cleanup: the pidfile stays, its lock must die with the daemon
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid))
+        assert not env.alive("forker")
+        dead = env.qengine("daemon", "status", "forker", "--json", ok=False)
+        assert dead.returncode == 1 and json.loads(dead.stdout)["state"] == "dead"
+    finally:
+        (env.root / "release").touch()
+
+
+def test_stop_when_the_pid_in_the_pidfile_has_exited(env: Env, wait_for: Wait) -> None:
+    # The lock is held (here by a helper) but the pid named in the file is gone: stop must not
+    # crash with ProcessLookupError.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    env.run_dir.mkdir(mode=0o700)
+    pidfile = env.run_dir / "alpha.pid"
+    pidfile.write_text(f"{gone.pid} -\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); sys.stdin.read()", str(pidfile)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        assert env.alive("alpha")
+        proc = env.qengine("daemon", "stop", "alpha", ok=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"alpha: not running (pid {gone.pid} has exited)"
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def test_processes_stop_reports_a_worker_killed_mid_message(env: Env, wait_for: Wait) -> None:
+    err_path = env.root / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(env.cmd("daemon", "run", "slow", "--processes", "2"), env=env.env, cwd=env.root,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        wait_for(lambda: env.state("slow").get("status") == "running" and env.alive("slow"))
+        uid = env.add("Slow")
+        wait_for(lambda: (env.root / f"started-{uid}").exists())
+        busy = _busy_child(env, uid)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: f"(pid {busy}) got SIGTERM: stopping after the current iteration" in err_path.read_text())
+        os.kill(busy, signal.SIGKILL)  # e.g. the OOM killer, while it finishes its message
+        assert proc.wait(timeout=HANG_GUARD) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    state = env.state("slow")
+    assert state["status"] == "stopped" and state["exit_code"] == 1
+    assert f"(pid {busy}) exited with SIGKILL" in env.log("slow")
+
+
+@pytest.mark.parametrize(("processes", "target", "caller"), [("1", "signals", ""), ("2", "ensure_dir", "run")])
+def test_a_stop_signal_just_before_the_handlers_are_installed_is_not_lost(
+    env: Env, wait_for: Wait, processes: str, target: str, caller: str
+) -> None:
+    # A profile hook sends SIGTERM at the last moment before the loop (or supervisor) installs
+    # its handlers: the detached process's early handler catches it, and it must still stop.
+    (env.daemons / "racy.py").write_text(textwrap.dedent(f"""\
+        import os, signal, sys
+        from queue_engine.daemon import Daemon
+
+        def _hook(frame, event, arg):
+            if (event == "call" and frame.f_code.co_name == {target!r} and "queue_engine" in frame.f_code.co_filename
+                    and (not {caller!r} or frame.f_back.f_code.co_name == {caller!r})):
+                sys.setprofile(None)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        class RacyDaemon(Daemon):
+            sleep_time = 0.05
+
+            def execute_start(self):
+                pass
+
+        if "queue_engine.supervisor" not in sys.argv[0] and "daemon" in sys.argv and "--detach" in sys.argv:
+            sys.setprofile(_hook)
+        """))
+    env.qengine("daemon", "run", "racy", "--detach", "--processes", processes)
+    wait_for(lambda: env.state("racy").get("status") == "stopped" and not env.alive("racy"))

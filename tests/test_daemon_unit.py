@@ -174,3 +174,66 @@ def test_daemon_name_section_is_validated(tmp_path: Path) -> None:
         daemon_settings(load_config(ini))
 
 
+
+
+def test_failed_reload_keeps_the_previous_workers(tmp_path: Path) -> None:
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "workers" / "alpha.py").write_text(
+        "from queue_engine.worker import Worker\n\nclass AlphaWorker(Worker):\n    queue = 'alpha'\n"
+        "    def process(self, message):\n        pass\n"
+    )
+    (tmp_path / "workers" / "beta.py").write_text("raise RuntimeError('beta is broken')\n")
+    ini = tmp_path / "q.ini"
+    base = f"[queue]\ncacheRoot = {tmp_path / 'data'}\nfsync = never\nworkersPath = {tmp_path / 'workers'}\n"
+    ini.write_text(base + "[daemon.hosted]\nqueues = alpha\n")
+    config = load_config(ini)
+    spec = find_daemon("hosted", config)
+    daemon = spec.create()
+    loop = DaemonLoop(daemon, name="hosted", config=config, reload_config=lambda: load_config(ini))
+    daemon.setup()
+    try:
+        ini.write_text(base + "[daemon.hosted]\nqueues = alpha, beta\n")  # beta cannot load
+        loop._do_reload()
+        assert loop.state.reloads == 0
+        manager = QueueFactory.get_queue_manager(config)
+        try:
+            manager.add_message("alpha", QueueMessage(data=1))
+        finally:
+            manager.close()
+        assert daemon.execute_start() == 1  # the previous workers still run
+        assert daemon.status() == {"workers": {"alpha": "AlphaWorker"}}
+        assert isinstance(daemon, WorkerDaemon) and daemon.queues == ("alpha",)
+    finally:
+        daemon.execute_stop()
+
+
+def test_a_status_probe_does_not_fail_a_start(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    path = tmp_path / "d.pid"
+    path.write_text("999999 1\n")  # stale
+    probe = os.open(path, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # what read_pidfile holds for an instant
+    outcome: list[object] = []
+    pidfile = PidFile(path, contention_wait=60.0)  # hang guard: the probe ends long before
+
+    def start() -> None:
+        try:
+            pidfile.acquire()
+            outcome.append("acquired")
+        except ServiceError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    try:
+        thread.join(0.5)  # let it meet the probe (a start that gives up at once fails here)
+    finally:
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        os.close(probe)
+    thread.join(60)
+    assert outcome == ["acquired"]
+    info = read_pidfile(path)
+    assert info is not None and info.alive and info.pid == os.getpid()
+    pidfile.release()
