@@ -346,15 +346,9 @@ class QueueView:
             self.forget(seq)
             return
         if t == RecordType.RESERVE:
-            e = self.entries.get(seq)
+            e = self._entry_for(seq, loc, log)
             if e is None:
-                if not self.in_stream(seq, log):
-                    return
-                head_loc = self.head_loc if self.head_seq == seq else None
-                src = self.updated.get(seq) or head_loc or log.locate(seq)
-                self.leave_stream(seq, loc)
-                e = Entry(seq, WAITING, src)
-                self._put_entry(e)
+                return
             self._change(
                 e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1
             )
@@ -398,15 +392,9 @@ class QueueView:
             self.uuid_key = int(created.get("uuid_key") or 0)
             return
         if t == RecordType.FAIL:
-            e = self.entries.get(seq)
+            e = self._entry_for(seq, loc, log)
             if e is None:
-                if not self.in_stream(seq, log):
-                    return
-                head_loc = self.head_loc if self.head_seq == seq else None
-                src = self.updated.get(seq) or head_loc or log.locate(seq)
-                self.leave_stream(seq, loc)
-                e = Entry(seq, WAITING, src)
-                self._put_entry(e)
+                return
             change = json.loads(bytes(body))
             errors = change["errors"] if "errors" in change else [change.get("error") or ""]
             e.errors = e.errors + [str(x) for x in errors]
@@ -431,6 +419,21 @@ class QueueView:
             return
         if t == RecordType.DESTROYED:
             self.destroyed = True
+
+    def _entry_for(self, seq: int, loc: Loc, log: LogAccess) -> Entry | None:
+        """The entry of pending message ``seq``; a stream message leaves the stream for one
+        (by the record at ``loc``). None when ``seq`` is not pending."""
+        e = self.entries.get(seq)
+        if e is not None:
+            return e
+        if not self.in_stream(seq, log):
+            return None
+        head_loc = self.head_loc if self.head_seq == seq else None
+        src = self.updated.get(seq) or head_loc or log.locate(seq)
+        self.leave_stream(seq, loc)
+        e = Entry(seq, WAITING, src)
+        self._put_entry(e)
+        return e
 
     def _index_names(self, seq: int, body: memoryview, flags: int) -> str | None:
         """Index the alias and kept uuid of a message; return its alias."""
