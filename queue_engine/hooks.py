@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from .config import Config
+from .config import Config, parse_int
 from .errors import ConfigurationError, InvalidMessage, QueueEngineError, QueueNotFound, Unrecoverable
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, validate_queue_name
@@ -306,13 +306,7 @@ def hook_settings(config: Config | None) -> HookSettings:
         active = raw in _TRUE
     retries = DEFAULT_RETRIES
     if "retries" in section:
-        raw = section["retries"]
-        try:
-            retries = int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{prefix} retries = {raw!r} is not a whole number") from None
-        if retries < 1:
-            raise ConfigurationError(f"{prefix} retries = {raw!r} must be >= 1 (attempts per delivery)")
+        retries = parse_int(f"{prefix} retries", section["retries"], minimum=1)
     timeout = DEFAULT_TIMEOUT
     if "timeout" in section:
         raw = section["timeout"]

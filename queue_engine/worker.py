@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import Config, parse_int
 from .errors import ConfigurationError, TimeLimitExceeded, Unrecoverable, WorkerError
 from .message import QueueMessage
 from .retry import BACKOFF_KEYS, Backoff, ExponentialBackoff, backoff_from_config
@@ -246,13 +246,7 @@ def resolve_settings(worker: Worker, config: Config | None, queue: str | None = 
     section, prefix = worker_section(config, name)
     retries = worker.retries
     if "retries" in section:
-        raw = section["retries"]
-        try:
-            retries = int(raw)
-        except ValueError:
-            raise ConfigurationError(f"{prefix} retries = {raw!r} is not a whole number") from None
-        if retries < 1:
-            raise ConfigurationError(f"{prefix} retries = {raw!r} must be >= 1 (the maximum number of attempts)")
+        retries = parse_int(f"{prefix} retries", section["retries"], minimum=1)
     limit: float | None = None if worker.time_limit is None else float(worker.time_limit)
     if "timeLimit" in section:
         raw = section["timeLimit"]
