@@ -95,7 +95,7 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
             generation[ident] += 1
             children[ident] = (role, _spawn(role, root, journals / f"{ident}.{generation[ident]}", ident))
     finally:
-        for role, proc in children.values():  # stop everything; producers stop adding here
+        for _role, proc in children.values():  # stop everything; producers stop adding here
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
     drainer = _spawn("drainer", root, journals / "drain", "d")
