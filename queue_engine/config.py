@@ -216,7 +216,8 @@ def _convert(raw: Mapping[str, str], describe: Callable[[str], str], base_dir: P
         key, conv = by_field[name]
         out[name] = conv(describe(key if describe is not _keyword else name), value)
         if name == "cache_root" and not out[name].is_absolute():
-            out[name] = (base_dir / out[name]).resolve()
+            # normpath, not resolve(): a symlinked cacheRoot must stay visible to be refused
+            out[name] = Path(os.path.normpath(base_dir / out[name]))
     return out
 
 

@@ -206,3 +206,35 @@ def test_a_full_disk_fails_adds_cleanly_and_loses_nothing(tmp_path: Path) -> Non
         assert got == list(range(added))  # every add that returned, in order; no partial message
         assert m.add_message("q", QueueMessage(data="again"))
     assert not (tmp_path / "queues" / "q" / "quarantine").exists()  # nothing torn was left
+
+
+def test_a_symlinked_cache_root_is_refused(tmp_path: Path) -> None:
+    from queue_engine import StorageError
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(StorageError, match=r"cacheRoot .*link' is a symlink"):
+        open_manager(tmp_path / "link")
+
+
+def test_a_symlinked_queue_folder_is_refused(tmp_path: Path) -> None:
+    from queue_engine import StorageError
+
+    with open_manager(tmp_path / "a") as m:
+        m.add_message("q", QueueMessage(data=1))
+    queues = tmp_path / "b" / "queues"
+    queues.mkdir(parents=True)
+    (queues / "q").symlink_to(tmp_path / "a" / "queues" / "q")
+    with open_manager(tmp_path / "b") as m, pytest.raises(StorageError, match="is a symlink"):
+        m.get_message("q")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_cache_root_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    from queue_engine import StorageError
+
+    root = tmp_path / "theirs"
+    root.mkdir()
+    os.chown(root, 65534, 65534)  # nobody
+    with pytest.raises(StorageError, match="belongs to uid 65534"):
+        open_manager(root)

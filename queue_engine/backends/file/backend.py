@@ -17,7 +17,7 @@ from ...manager import MessageFilter, OnDuplicate, QueueManager
 from ...message import QueueMessage, validate_queue_name
 from ...status import FailedMessage, QueueStatus
 from .fsck import FsckReport, check_queue
-from .store import DIR_MODE, QueueStore, init_queue_dir
+from .store import DIR_MODE, QueueStore, check_private_dir, init_queue_dir
 
 __all__ = ["FileQueueManager"]
 
@@ -38,6 +38,8 @@ class FileQueueManager(QueueManager):
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create cacheRoot {str(self.root)!r}: {exc.strerror}") from None
+        check_private_dir(Path(config.cache_root), "cacheRoot")
+        check_private_dir(self.root, "the queues folder")
         self._stores: dict[str, QueueStore] = {}
         self._stores_lock = threading.Lock()
         self._flusher: _Flusher | None = None

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import stat
 import struct
 import threading
 import time
@@ -127,6 +128,30 @@ def _process_token(pid: int) -> str | None:
     return f"{pid}:{fields[19].decode()}" if len(fields) > 19 else None
 
 
+def check_private_dir(path: Path, what: str) -> None:
+    """Refuse a data folder that is a symlink or belongs to another user.
+
+    A symlink could send writes somewhere the operator did not choose; a folder owned by
+    someone else could be read or swapped under us. Raises :class:`StorageError`.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # created by us a moment later, with our modes
+    except OSError as exc:
+        raise StorageError(f"cannot inspect {what} {str(path)!r}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StorageError(
+            f"{what} {str(path)!r} is a symlink (to {os.readlink(path)!r}): refused; configure the real folder"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(f"{what} {str(path)!r} is not a folder")
+    if st.st_uid != os.geteuid():
+        raise StorageError(
+            f"{what} {str(path)!r} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}): refused"
+        )
+
+
 def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int) -> None:
     """Lay out an empty queue at ``path`` (a new, private folder)."""
     os.mkdir(path / "log", DIR_MODE)
@@ -190,6 +215,7 @@ class QueueStore:
     # -- lifecycle ----------------------------------------------------------------------
     def _open(self) -> None:
         self._close_files()
+        check_private_dir(self.path, f"queue {self.name!r} folder")
         if not self.log_dir.is_dir():
             raise StorageError(f"queue {self.name!r} vanished while opening it")
         # O_CREAT: a deleted lock file is recreated (it holds no data, only the flock)
