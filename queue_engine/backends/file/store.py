@@ -318,6 +318,8 @@ class QueueStore:
 
     def _exit(self) -> None:
         try:
+            if len(self._segments) > 2:
+                self._unmap_idle()
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
@@ -360,14 +362,18 @@ class QueueStore:
             if segno > self._top:
                 self._top = segno
             self._segments[segno] = seg
-            if len(self._segments) > 2:
-                self._unmap_behind()
         return seg
 
-    def _unmap_behind(self) -> None:
-        """Unmap segments nothing pending needs: a mapping would keep a deleted file's space."""
-        low = min(self.view.live_segments(), self.view.position[0], self._limit[0])
-        for segno in [n for n in self._segments if n < low]:
+    def _unmap_idle(self) -> None:
+        """Keep mapped only the head's and the tail's segments (at the end of an operation,
+        when nothing holds a segment).
+
+        Mapped pages count in the process's memory, and a mapping keeps a deleted file's
+        space allocated; anything else (a deferred message's body, a lookup by uuid) is
+        mapped again when it is read.
+        """
+        keep = (self.view.cursor[0], self.view.position[0])
+        for segno in [n for n in self._segments if n not in keep]:
             self._segments.pop(segno).close()
 
     def _sync(self) -> None:
