@@ -238,3 +238,47 @@ def test_a_cache_root_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(root, 65534, 65534)  # nobody
     with pytest.raises(StorageError, match="belongs to uid 65534"):
         open_manager(root)
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True).returncode
+    if ok == 0:
+        subprocess.run(["umount", str(where)], check=True)
+    return ok == 0
+
+
+def test_a_real_full_device_fails_adds_cleanly_and_recovers(tmp_path: Path) -> None:
+    import subprocess
+
+    from queue_engine import StorageError
+
+    disk = tmp_path / "small"
+    if not _can_mount_tmpfs(disk):
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run this test: it needs root and a mountable tmpfs")
+        pytest.skip("needs root and a mountable tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        added, errors = [], []
+        with open_manager(disk / "q") as m:
+            for i in range(3000):
+                try:
+                    m.add_message("q", QueueMessage(data={"i": i, "pad": "x" * 300}))
+                    added.append(i)
+                except StorageError as exc:
+                    errors.append(str(exc))
+        assert added and errors and all("no space left on device" in e for e in errors), errors[:3]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # space is back
+        with open_manager(disk / "q") as m:
+            got = []
+            while (msg := m.get_message("q")) is not None:
+                got.append(msg.data["i"])
+            assert got == added  # every add that returned, in order; nothing partial
+            assert m.add_message("q", QueueMessage(data="again"))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
