@@ -30,8 +30,11 @@ _CHILD = r"""
 import os, sys, time, logging
 logging.disable(logging.WARNING)
 from queue_engine import QueueFactory, QueueMessage
-role, root, journal, ident = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-m = QueueFactory.get_queue_manager(queue_type="file", cache_root=root, fsync="never", segment_size=65536)
+role, root, journal, ident, redis_url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+if redis_url:
+    m = QueueFactory.get_queue_manager(queue_type="redis", redis_url=redis_url)
+else:
+    m = QueueFactory.get_queue_manager(queue_type="file", cache_root=root, fsync="never", segment_size=65536)
 fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 def note(kind, uuid):
     os.write(fd, f"{time.time():.6f} {kind} {uuid}\n".encode())
@@ -59,8 +62,8 @@ else:
 """
 
 
-def _spawn(role: str, root: Path, journal: Path, ident: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", _CHILD, role, str(root), str(journal), ident])
+def _spawn(role: str, root: Path, journal: Path, ident: str, redis_url: str = "") -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", _CHILD, role, str(root), str(journal), ident, redis_url])
 
 
 def _read(journal: Path) -> list[tuple[float, str, str]]:
@@ -72,8 +75,16 @@ def _read(journal: Path) -> list[tuple[float, str, str]]:
     return out
 
 
+@pytest.fixture(params=["file", "redis"])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """ "" for the file backend, else the URL of the session's private redis-server."""
+    if request.param == "file":
+        return ""
+    return str(request.getfixturevalue("redis_url"))
+
+
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_path: Path) -> None:
+def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_path: Path, backend_url: str) -> None:
     root = tmp_path / "q"
     journals = tmp_path / "journals"
     journals.mkdir()
@@ -81,7 +92,7 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     children: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     generation = defaultdict(int)
     for ident, role in (("p0", "producer"), ("p1", "producer"), ("c0", "consumer"), ("c1", "consumer")):
-        children[ident] = (role, _spawn(role, root, journals / f"{ident}.0", ident))
+        children[ident] = (role, _spawn(role, root, journals / f"{ident}.0", ident, backend_url))
     kills = {"producer": 0, "consumer": 0}
     deadline = time.monotonic() + DURATION
     try:
@@ -93,12 +104,12 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
             proc.wait(timeout=30)
             kills[role] += 1
             generation[ident] += 1
-            children[ident] = (role, _spawn(role, root, journals / f"{ident}.{generation[ident]}", ident))
+            children[ident] = (role, _spawn(role, root, journals / f"{ident}.{generation[ident]}", ident, backend_url))
     finally:
         for _role, proc in children.values():  # stop everything; producers stop adding here
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
-    drainer = _spawn("drainer", root, journals / "drain", "d")
+    drainer = _spawn("drainer", root, journals / "drain", "d", backend_url)
     assert drainer.wait(timeout=300) == 0
 
     events = sorted(e for path in journals.iterdir() for e in _read(path))
@@ -114,7 +125,7 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     redelivered_after_ack = [u for u, at in acked.items() if any(t > at for t in got[u])]
     duplicates = sum(len(times) - 1 for times in got.values())
     print(
-        f"\nchaos {DURATION:.0f}s: {len(added)} adds returned, {len(got)} delivered, {duplicates} duplicate "
+        f"\nchaos {backend_url and 'redis' or 'file'} {DURATION:.0f}s: {len(added)} adds returned, {len(got)} delivered, {duplicates} duplicate "
         f"deliveries, {kills['producer']} producer and {kills['consumer']} consumer SIGKILLs, "
         f"lost {len(lost)}, redelivered after ack {len(redelivered_after_ack)}"
     )
@@ -125,6 +136,9 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
 
     from queue_engine import QueueFactory
 
-    with QueueFactory.get_queue_manager(queue_type="file", cache_root=root) as manager:
+    settings = (
+        {"queue_type": "redis", "redis_url": backend_url} if backend_url else {"queue_type": "file", "cache_root": root}
+    )
+    with QueueFactory.get_queue_manager(**settings) as manager:
         status = manager.queue_status("chaos")
         assert (status.messages_to_process, status.in_flight) == (0, 0)
