@@ -62,7 +62,48 @@ else:
 """
 
 
+_WORKER = """
+import os, time
+from queue_engine import Worker
+
+
+class ChaosWorker(Worker):
+    queue = "chaos"
+
+    def _note(self, kind, uuid):
+        fd = os.open(os.environ["CHAOS_JOURNAL"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{time.time():.6f} {kind} {uuid}\\n".encode())
+        finally:
+            os.close(fd)
+
+    def process(self, message):
+        self._note("got", message.uuid)
+
+    def on_success(self, message, result):  # runs after the ack returned
+        self._note("acked", message.uuid)
+"""
+
+
+def _daemon_config(tmp: Path, root: Path, redis_url: str) -> Path:
+    workers = tmp / "workers"
+    workers.mkdir(exist_ok=True)
+    (workers / "chaos.py").write_text(_WORKER)
+    backend = f"queueType = redis\nredisUrl = {redis_url}\n" if redis_url else f"cacheRoot = {root}\nfsync = never\n"
+    config = tmp / "chaos.ini"
+    config.write_text(
+        f"[queue]\n{backend}workersPath = {workers}\nlease = 1\n"
+        f"[daemon]\npidDir = {tmp / 'run'}\nlogDir = {tmp / 'log'}\nsleep = 0.05\n"
+    )
+    return config
+
+
 def _spawn(role: str, root: Path, journal: Path, ident: str, redis_url: str = "") -> subprocess.Popen[bytes]:
+    if role == "daemon":
+        config = _daemon_config(root.parent, root, redis_url)
+        env = dict(os.environ, CHAOS_JOURNAL=str(journal))
+        cmd = [sys.executable, "-m", "queue_engine", "--config", str(config), "daemon", "run", "chaos"]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return subprocess.Popen([sys.executable, "-c", _CHILD, role, str(root), str(journal), ident, redis_url])
 
 
@@ -91,9 +132,9 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     rng = random.Random(int(os.environ.get("QENGINE_CHAOS_SEED", "0")) or None)
     children: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     generation = defaultdict(int)
-    for ident, role in (("p0", "producer"), ("p1", "producer"), ("c0", "consumer"), ("c1", "consumer")):
+    for ident, role in (("p0", "producer"), ("p1", "producer"), ("c0", "consumer"), ("d0", "daemon")):
         children[ident] = (role, _spawn(role, root, journals / f"{ident}.0", ident, backend_url))
-    kills = {"producer": 0, "consumer": 0}
+    kills = {"producer": 0, "consumer": 0, "daemon": 0}
     deadline = time.monotonic() + DURATION
     try:
         while time.monotonic() < deadline:
@@ -112,6 +153,8 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     drainer = _spawn("drainer", root, journals / "drain", "d", backend_url)
     assert drainer.wait(timeout=300) == 0
 
+    by_daemon = sum(1 for path in journals.glob("d0.*") for _, kind, _ in _read(path) if kind == "acked")
+    assert by_daemon > 0, "the daemon processed nothing: check its log under the test's tmp folder"
     events = sorted(e for path in journals.iterdir() for e in _read(path))
     added = {u for _, kind, u in events if kind == "added"}
     got: dict[str, list[float]] = defaultdict(list)
@@ -125,14 +168,15 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     redelivered_after_ack = [u for u, at in acked.items() if any(t > at for t in got[u])]
     duplicates = sum(len(times) - 1 for times in got.values())
     print(
-        f"\nchaos {backend_url and 'redis' or 'file'} {DURATION:.0f}s: {len(added)} adds returned, {len(got)} delivered, {duplicates} duplicate "
-        f"deliveries, {kills['producer']} producer and {kills['consumer']} consumer SIGKILLs, "
+        f"\nchaos {backend_url and 'redis' or 'file'} {DURATION:.0f}s: {len(added)} adds returned, "
+        f"{len(got)} delivered, {duplicates} duplicate deliveries ({by_daemon} by the daemon), {kills['producer']} producer, {kills['consumer']} consumer "
+        f"and {kills['daemon']} daemon SIGKILLs, "
         f"lost {len(lost)}, redelivered after ack {len(redelivered_after_ack)}"
     )
-    assert len(added) > 100 and kills["consumer"] > 0  # the test did exercise something
+    assert len(added) > 100 and kills["consumer"] + kills["daemon"] > 0  # the test did exercise something
     assert not lost, f"{len(lost)} messages whose add returned were never delivered"
     assert not redelivered_after_ack
-    assert duplicates <= kills["consumer"]
+    assert duplicates <= kills["consumer"] + kills["daemon"]
 
     from queue_engine import QueueFactory
 
