@@ -169,8 +169,8 @@ def test_random_sigkills_lose_nothing_and_never_redeliver_an_acked_message(tmp_p
     duplicates = sum(len(times) - 1 for times in got.values())
     print(
         f"\nchaos {backend_url and 'redis' or 'file'} {DURATION:.0f}s: {len(added)} adds returned, "
-        f"{len(got)} delivered, {duplicates} duplicate deliveries ({by_daemon} by the daemon), {kills['producer']} producer, {kills['consumer']} consumer "
-        f"and {kills['daemon']} daemon SIGKILLs, "
+        f"{len(got)} delivered, {duplicates} duplicate deliveries ({by_daemon} by the daemon), "
+        f"{kills['producer']} producer, {kills['consumer']} consumer and {kills['daemon']} daemon SIGKILLs, "
         f"lost {len(lost)}, redelivered after ack {len(redelivered_after_ack)}"
     )
     assert len(added) > 100 and kills["consumer"] + kills["daemon"] > 0  # the test did exercise something
