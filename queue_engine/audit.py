@@ -34,6 +34,7 @@ from typing import Any
 from .errors import ConfigurationError, InvalidMessage, StorageError
 from .manager import QueueManager
 from .message import to_epoch, validate_queue_name
+from .permissions import PRIVATE, Modes
 
 __all__ = [
     "OUTCOMES",
@@ -293,14 +294,18 @@ class FileAuditLog(AuditLog):
     ``os.write`` of one line on an ``O_APPEND`` descriptor. Records are not fsynced: they
     survive the death of the process, not a power loss. A line torn by a writer killed
     mid-write (or a full disk) is skipped when reading; a record appended after it is
-    still found. Files are created 0600, directories 0700.
+    still found. Files are created 0600 and directories 0700, or with ``modes`` (from
+    ``[queue] fileMode``).
 
     Retention: :meth:`prune` deletes day files whose whole day ended more than
     ``retention_days`` ago; :meth:`record` calls it at most once per UTC day per instance.
     """
 
-    def __init__(self, root: str | os.PathLike[str], retention_days: float = DEFAULT_RETENTION_DAYS) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], retention_days: float = DEFAULT_RETENTION_DAYS, modes: Modes = PRIVATE
+    ) -> None:
         self.root = Path(root)
+        self.modes = modes
         self.retention_days: float = check_retention(retention_days) or DEFAULT_RETENTION_DAYS
         self._pruned_day: date | None = None
         self._lock = threading.Lock()
@@ -338,10 +343,10 @@ class FileAuditLog(AuditLog):
     def _open_append(self, path: Path) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(path, flags, 0o600)
+            return self.modes.open(path, flags)
         except FileNotFoundError:
-            os.makedirs(path.parent, mode=0o700, exist_ok=True)
-            return os.open(path, flags, 0o600)
+            self.modes.mkdir(path.parent, parents=True)
+            return self.modes.open(path, flags)
 
     def _maybe_prune(self) -> None:
         today = _utc_day(_now())
@@ -462,7 +467,9 @@ def retention_from_config(manager: QueueManager) -> float:
 
 
 def _file_audit_log(manager: QueueManager) -> AuditLog:
-    return FileAuditLog(Path(manager.config.cache_root) / "audit", retention_from_config(manager))
+    return FileAuditLog(
+        Path(manager.config.cache_root) / "audit", retention_from_config(manager), Modes(manager.config.file_mode)
+    )
 
 
 def _memory_audit_log(manager: QueueManager) -> AuditLog:

@@ -93,6 +93,8 @@ class Config:
     redis_prefix: str = "qengine"
     #: Seconds before a Redis connection or command gives up (StorageError, never a hang).
     redis_timeout: float = 5.0
+    #: Mode of data files (folders get the matching search bits); 0o660 shares with the group.
+    file_mode: int = 0o600
     #: The file the settings came from (None: defaults only).
     source: Path | None = None
     #: The whole parsed file, for sections later features read.
@@ -105,7 +107,11 @@ class Config:
         if unknown:
             raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         # None means "not given": keep the file's value (callers pass optional arguments through)
-        raw = {k: str(v) for k, v in settings.items() if v is not None}
+        raw = {
+            k: (oct(v) if k == "file_mode" and isinstance(v, int) else str(v))  # a mode is octal text
+            for k, v in settings.items()
+            if v is not None
+        }
         # a relative cache_root is taken relative to the current directory, once, here: a
         # daemon that later changes directory must not look elsewhere
         values = _convert(raw, _keyword, Path.cwd())
@@ -130,7 +136,20 @@ def _keys() -> dict[str, tuple[str, Callable[[str, str], Any]]]:
         "redisPassword": ("redis_password", _conv_secret),
         "redisPrefix": ("redis_prefix", _conv_prefix),
         "redisTimeout": ("redis_timeout", lambda w, v: parse_float(w, v, minimum=0.001)),
+        "fileMode": ("file_mode", _conv_file_mode),
     }
+
+
+def _conv_file_mode(where: str, raw: str) -> int:
+    try:
+        value = int(raw.strip().lower().removeprefix("0o"), 8)
+    except ValueError:
+        raise ConfigurationError(f"{where} = {raw!r} is not an octal mode such as 0600 or 0660") from None
+    if value & ~0o666 or value & 0o600 != 0o600:
+        raise ConfigurationError(
+            f"{where} = {raw!r}: the owner needs read and write (0600), and no execute bits (at most 0666)"
+        )
+    return value
 
 
 _REDIS_COMPONENTS = ("redis_host", "redis_port", "redis_db", "redis_username", "redis_password")

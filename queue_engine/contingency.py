@@ -42,6 +42,7 @@ from .config import APP_NAME, Config
 from .errors import ConfigurationError, QueueEngineError, StorageError
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, to_epoch, validate_queue_name
+from .permissions import PRIVATE, Modes
 
 __all__ = ["RequeueResult", "Spool", "SpooledMessage", "broker_active", "spool_dir"]
 
@@ -129,14 +130,15 @@ class RequeueResult:
 class Spool:
     """A directory of spooled messages. Safe for several threads and processes at once."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], modes: Modes = PRIVATE) -> None:
         self.directory = Path(directory)
         self.processed_dir = self.directory / "processed"
+        self.modes = modes
 
     @classmethod
     def from_config(cls, config: Config) -> Spool:
         """The spool at ``[queue] spoolDir`` (see :func:`spool_dir`)."""
-        return cls(spool_dir(config))
+        return cls(spool_dir(config), Modes(config.file_mode))
 
     # -- writing ------------------------------------------------------------------------
     def put(self, queue: str, message: QueueMessage, reason: str) -> str:
@@ -167,14 +169,13 @@ class Spool:
             raise StorageError(f"cannot write to the contingency spool {str(self.directory)!r}: {exc}") from None
         return message.uuid
 
-    @staticmethod
-    def _ensure_dir(directory: Path) -> None:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _ensure_dir(self, directory: Path) -> None:
+        self.modes.mkdir(directory, parents=True)
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
         self._ensure_dir(directory)
         tmp = directory / f".tmp-{uuidlib.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = self.modes.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             try:
                 view = memoryview(data)

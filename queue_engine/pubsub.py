@@ -52,6 +52,7 @@ from .errors import (
 )
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, from_epoch, validate_queue_name
+from .permissions import PRIVATE, Modes
 
 __all__ = [
     "InvalidTopicName",
@@ -114,8 +115,9 @@ def _subscription_lock(manager: QueueManager) -> Iterator[None]:
     """Serialise subscription changes on this host: each is a read-modify-write of one key."""
     path = _topics_root(manager) / "subscriptions.lock"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        modes = Modes(manager.config.file_mode)
+        modes.mkdir(path.parent, parents=True)
+        fd = modes.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
     except OSError as exc:
         raise StorageError(f"cannot open the subscription lock {str(path)!r}: {exc.strerror or exc}") from None
     try:
@@ -221,16 +223,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_intent(directory: Path, topic: str, targets: dict[str, str], record: dict[str, Any]) -> _Intent:
+def _write_intent(
+    directory: Path, topic: str, targets: dict[str, str], record: dict[str, Any], modes: Modes = PRIVATE
+) -> _Intent:
     """Make the intent durable and return it, locked by this process."""
     try:
-        return _write_intent_file(directory, topic, targets, record)
+        return _write_intent_file(directory, topic, targets, record, modes)
     except OSError as exc:
         raise StorageError(f"cannot write a publish intent in {str(directory)!r}: {exc.strerror or exc}") from None
 
 
-def _write_intent_file(directory: Path, topic: str, targets: dict[str, str], record: dict[str, Any]) -> _Intent:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _write_intent_file(
+    directory: Path, topic: str, targets: dict[str, str], record: dict[str, Any], modes: Modes
+) -> _Intent:
+    modes.mkdir(directory, parents=True)
     # the name sorts by creation time, so recover() finishes intents in publish order
     name = f"{time.time_ns():020d}-{uuid_module.uuid4().hex}.json"
     tmp, final = directory / f".{name}.tmp", directory / name
@@ -238,7 +244,7 @@ def _write_intent_file(directory: Path, topic: str, targets: dict[str, str], rec
         {"version": _INTENT_VERSION, "topic": topic, "targets": targets, "record": record, "pid": os.getpid()},
         ensure_ascii=False,
     ).encode("utf-8")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = modes.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: recover() must never see it unlocked
         view = memoryview(body)
@@ -327,8 +333,8 @@ def _roll_back(manager: QueueManager, intent: _Intent) -> None:
             manager.remove_message(queue, uid)
 
 
-def _commit(intent: _Intent) -> None:
-    fd = os.open(intent.marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _commit(intent: _Intent, modes: Modes = PRIVATE) -> None:
+    fd = modes.open(intent.marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -352,7 +358,7 @@ def _enable(manager: QueueManager, intent: _Intent) -> None:
 def _complete(manager: QueueManager, intent: _Intent) -> None:
     if not intent.committed:
         _prepare(manager, intent)
-        _commit(intent)
+        _commit(intent, Modes(manager.config.file_mode))
     _enable(manager, intent)
 
 
@@ -443,7 +449,7 @@ def publish(
     message.inserted_at = from_epoch(time.time())  # one publish time for every copy
     record = message.to_record()
     targets = {queue: str(uuid_module.uuid4()) for queue in queues}
-    intent = _write_intent(intents_dir(manager), topic, targets, record)
+    intent = _write_intent(intents_dir(manager), topic, targets, record, Modes(manager.config.file_mode))
     try:
         _complete(manager, intent)
     except DuplicateAlias:

@@ -41,6 +41,12 @@ def note(kind, uuid):
 if role == "producer":
     n = 0
     while True:
+        if ident == "p1":  # an all-or-none batch: a kill lands inside multi-message operations too
+            batch = [QueueMessage(data={"p": ident, "n": n + i, "pad": "x" * 64}) for i in range(10)]
+            for uuid in m.add_messages("chaos", batch):
+                note("added", uuid)
+            n += 10
+            continue
         uuid = m.add_message("chaos", QueueMessage(data={"p": ident, "n": n, "pad": "x" * 64}))
         note("added", uuid)
         n += 1

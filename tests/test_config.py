@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "config.ini.example"
 REDIS_COMPONENT_KEYS = ("redisHost", "redisPort", "redisDb", "redisUsername", "redisPassword")
 INI_KEYS = (
     "queueType", "cacheRoot", "fsync", "fsyncInterval", "lockTimeout", "segmentSize", "lease",
-    "redisUrl", "redisPrefix", "redisTimeout", *REDIS_COMPONENT_KEYS,
+    "redisUrl", "redisPrefix", "redisTimeout", "fileMode", *REDIS_COMPONENT_KEYS,
 )
 SYSTEM_CONFIG = Path("/etc/qengine/config.ini")
 

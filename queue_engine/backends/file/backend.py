@@ -15,9 +15,10 @@ from ...config import Config
 from ...errors import QueueNotFound, StorageError
 from ...manager import MessageFilter, OnDuplicate, QueueManager
 from ...message import QueueMessage, validate_queue_name
+from ...permissions import Modes, check_data_dir
 from ...status import FailedMessage, QueueStatus
 from .fsck import FsckReport, check_queue
-from .store import DIR_MODE, QueueStore, check_private_dir, init_queue_dir
+from .store import QueueStore, init_queue_dir
 
 __all__ = ["FileQueueManager"]
 
@@ -34,12 +35,14 @@ class FileQueueManager(QueueManager):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.root = Path(config.cache_root) / "queues"
+        self.modes = Modes(config.file_mode)
         try:
-            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self.modes.mkdir(Path(config.cache_root), parents=True)
+            self.modes.mkdir(self.root)
         except OSError as exc:
             raise StorageError(f"cannot create cacheRoot {str(self.root)!r}: {exc.strerror}") from None
-        check_private_dir(Path(config.cache_root), "cacheRoot")
-        check_private_dir(self.root, "the queues folder")
+        check_data_dir(Path(config.cache_root), "cacheRoot", self.modes)
+        check_data_dir(self.root, "the queues folder", self.modes)
         self._stores: dict[str, QueueStore] = {}
         self._stores_lock = threading.Lock()
         self._flusher: _Flusher | None = None
@@ -73,7 +76,7 @@ class FileQueueManager(QueueManager):
                         path,
                         fsync=self.config.fsync,
                         lock_timeout=self.config.lock_timeout,
-                        segment_size=self.config.segment_size,
+                        segment_size=self.config.segment_size, modes=self.modes,
                     )
                 except StorageError:
                     if not (path / "log").is_dir():  # destroyed while we opened it
@@ -127,8 +130,9 @@ class FileQueueManager(QueueManager):
             return False
         tmp = self.root / f".new-{queue}-{secrets.token_hex(4)}"
         try:
-            os.mkdir(tmp, DIR_MODE)
-            init_queue_dir(tmp, attributes, self.config.segment_size)
+            os.mkdir(tmp, 0o700)  # private while it is being laid out, then given its mode
+            init_queue_dir(tmp, attributes, self.config.segment_size, self.modes)
+            os.chmod(tmp, self.modes.dir)
             if self.config.fsync == "always":
                 os.sync()  # a new queue is rare; make its files and folder durable at once
             try:

@@ -17,6 +17,7 @@ import struct
 from pathlib import Path
 
 from ...errors import StorageError
+from ...permissions import Modes
 from .records import HEADER_SIZE
 
 __all__ = ["Segment", "segment_path", "create_segment", "fsync_dir"]
@@ -49,8 +50,8 @@ def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} {str(path)!r}: {reason}")
 
 
-def _preallocate(path: Path, size: int, mode: int) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
+def _preallocate(path: Path, size: int, modes: Modes) -> None:
+    fd = modes.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         try:
             os.posix_fallocate(fd, 0, size)
@@ -62,7 +63,7 @@ def _preallocate(path: Path, size: int, mode: int) -> None:
         os.close(fd)
 
 
-def create_segment(log_dir: Path, segno: int, size: int, first_seq: int, head: bytes, mode: int) -> None:
+def create_segment(log_dir: Path, segno: int, size: int, first_seq: int, head: bytes, modes: Modes) -> None:
     """Create segment ``segno`` (and its index) atomically, starting with record ``head``.
 
     Files are built under temporary names and renamed into place, so a crash leaves either
@@ -74,13 +75,13 @@ def create_segment(log_dir: Path, segno: int, size: int, first_seq: int, head: b
     tmp, tmp_idx = path.with_suffix(".log.tmp"), idx.with_suffix(".idx.tmp")
     slots = size // MIN_ADD_SIZE + 1
     try:
-        _preallocate(tmp_idx, _IDX_HEADER.size + slots * _IDX_SLOT.size, mode)
+        _preallocate(tmp_idx, _IDX_HEADER.size + slots * _IDX_SLOT.size, modes)
         fd = os.open(tmp_idx, os.O_RDWR)
         try:
             os.pwrite(fd, _IDX_HEADER.pack(first_seq), 0)
         finally:
             os.close(fd)
-        _preallocate(tmp, size, mode)
+        _preallocate(tmp, size, modes)
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.pwrite(fd, head, 0)

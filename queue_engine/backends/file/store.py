@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import random
-import stat
 import struct
 import threading
 import time
@@ -51,6 +50,7 @@ from ...errors import (
 )
 from ...manager import MessageFilter
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
+from ...permissions import PRIVATE, Modes, check_data_dir
 from ...status import FailedMessage, MessageRef, QueueStatus
 from .records import HEADER_SIZE, MAGIC, VALID_TYPES, Flag, Header, RecordType, body_valid, encode, read_header
 from .segments import MIN_ADD_SIZE, Segment, create_segment, fsync_dir, segment_path
@@ -58,10 +58,8 @@ from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
 
 logger = logging.getLogger("qengine.file")
 
-__all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir", "DIR_MODE", "FILE_MODE"]
+__all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir"]
 
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 _SEAL = encode(RecordType.SEAL, 0)
 _CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
 _HOLDER_CHECK_INTERVAL = 1.0
@@ -128,34 +126,10 @@ def _process_token(pid: int) -> str | None:
     return f"{pid}:{fields[19].decode()}" if len(fields) > 19 else None
 
 
-def check_private_dir(path: Path, what: str) -> None:
-    """Refuse a data folder that is a symlink or belongs to another user.
-
-    A symlink could send writes somewhere the operator did not choose; a folder owned by
-    someone else could be read or swapped under us. Raises :class:`StorageError`.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return  # created by us a moment later, with our modes
-    except OSError as exc:
-        raise StorageError(f"cannot inspect {what} {str(path)!r}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise StorageError(
-            f"{what} {str(path)!r} is a symlink (to {os.readlink(path)!r}): refused; configure the real folder"
-        )
-    if not stat.S_ISDIR(st.st_mode):
-        raise StorageError(f"{what} {str(path)!r} is not a folder")
-    if st.st_uid != os.geteuid():
-        raise StorageError(
-            f"{what} {str(path)!r} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}): refused"
-        )
-
-
-def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int) -> None:
+def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int, modes: Modes) -> None:
     """Lay out an empty queue at ``path`` (a new, private folder)."""
-    os.mkdir(path / "log", DIR_MODE)
-    fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    modes.mkdir(path / "log")
+    fd = modes.open(path / "lock", os.O_RDWR | os.O_CREAT)
     os.close(fd)
     now = _now_ms()
     head = encode(RecordType.SEGMENT, 1, ts=now) + encode(
@@ -164,7 +138,7 @@ def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int) ->
         json.dumps({"attributes": attributes, "uuid_key": random.getrandbits(48)}).encode(),
         ts=now,
     )
-    create_segment(path / "log", 1, segment_size, 1, head, FILE_MODE)
+    create_segment(path / "log", 1, segment_size, 1, head, modes)
 
 
 class _Guard:
@@ -185,13 +159,16 @@ class _Guard:
 class QueueStore:
     """An open queue. Thread-safe; after ``fork`` the child reopens its own descriptors."""
 
-    def __init__(self, name: str, path: Path, *, fsync: str, lock_timeout: float, segment_size: int) -> None:
+    def __init__(
+        self, name: str, path: Path, *, fsync: str, lock_timeout: float, segment_size: int, modes: Modes = PRIVATE
+    ) -> None:
         self.name = name
         self.path = path
         self.log_dir = path / "log"
         self.fsync = fsync
         self.lock_timeout = lock_timeout
         self.segment_size = segment_size
+        self.modes = modes
         self._mutex = threading.Lock()
         self._guard = _Guard(self)
         self._pid = -1
@@ -215,11 +192,11 @@ class QueueStore:
     # -- lifecycle ----------------------------------------------------------------------
     def _open(self) -> None:
         self._close_files()
-        check_private_dir(self.path, f"queue {self.name!r} folder")
+        check_data_dir(self.path, f"queue {self.name!r} folder", self.modes)
         if not self.log_dir.is_dir():
             raise StorageError(f"queue {self.name!r} vanished while opening it")
         # O_CREAT: a deleted lock file is recreated (it holds no data, only the flock)
-        self._lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        self._lock_fd = self.modes.open(self.path / "lock", os.O_RDWR | os.O_CREAT)
         self._pid = os.getpid()
         self.view = QueueView()
         self._loaded = False
@@ -257,7 +234,9 @@ class QueueStore:
             return numbers[0]
         # Every segment is gone (deleted by hand, lost with a disk): report it, start afresh.
         self._note("no log segment left: starting a new log", self.log_dir, 0, 0)
-        create_segment(self.log_dir, 1, self.segment_size, 1, encode(RecordType.SEGMENT, 1, ts=_now_ms()), FILE_MODE)
+        create_segment(
+            self.log_dir, 1, self.segment_size, 1, encode(RecordType.SEGMENT, 1, ts=_now_ms()), self.modes
+        )
         return 1
 
     def _close_files(self) -> None:
@@ -539,7 +518,7 @@ class QueueStore:
             # the log ends with a seal and nothing after it: start the next segment afresh
             self._note("missing segment", segment_path(self.log_dir, nxt), 0, 0)
             head = encode(RecordType.SEGMENT, self.view.next_seq, ts=_now_ms())
-            create_segment(self.log_dir, nxt, self.segment_size, self.view.next_seq, head, FILE_MODE)
+            create_segment(self.log_dir, nxt, self.segment_size, self.view.next_seq, head, self.modes)
             self._top = max(self._top, nxt)
             return self._segment(nxt)
         self._note("missing segment", segment_path(self.log_dir, nxt), 0, 0)
@@ -571,7 +550,7 @@ class QueueStore:
             return
         target = self._quarantine_dir() / f"{seg.segno:010d}-{start}.bin"
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            fd = self.modes.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 if os.write(fd, data) != len(data):
                     raise OSError(errno.ENOSPC, "short write")
@@ -588,7 +567,7 @@ class QueueStore:
     def _quarantine_dir(self) -> Path:
         qdir = self.path / "quarantine"
         try:
-            qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.modes.mkdir(qdir)
         except OSError as exc:
             raise StorageError(f"queue {self.name!r}: cannot create {str(qdir)!r}: {exc.strerror}") from None
         return qdir
@@ -602,7 +581,7 @@ class QueueStore:
         logger.warning("queue %r: %s in %s at offset %d (%d bytes)%s", self.name, why, path, offset, length,
                        "" if saved is None else f", kept in {saved}")
         try:
-            fd = os.open(self._quarantine_dir() / "REPORT.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+            fd = self.modes.open(self._quarantine_dir() / "REPORT.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             try:
                 os.write(fd, (json.dumps(entry) + "\n").encode())
             finally:
@@ -760,7 +739,7 @@ class QueueStore:
         size = (size + 4095) // 4096 * 4096
         nxt = seg.segno + 1
         head = encode(RecordType.SEGMENT, self.view.next_seq, ts=_now_ms())
-        create_segment(self.log_dir, nxt, size, self.view.next_seq, head, FILE_MODE)
+        create_segment(self.log_dir, nxt, size, self.view.next_seq, head, self.modes)
         if self.fsync == "always":
             fsync_dir(self.log_dir)
         stale = self._segments.pop(nxt, None)  # a leftover of a writer that died mid-roll
@@ -792,7 +771,7 @@ class QueueStore:
         target = self.path / "checkpoint.json"
         tmp = self.path / "checkpoint.json.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            fd = self.modes.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 os.write(fd, data)
                 os.fsync(fd)
@@ -1387,7 +1366,7 @@ class QueueStore:
                 seg.close()  # indexes are replaced below: drop the old mappings
             self._segments.clear()
             for segno, first in firsts.items():
-                _rebuild_index(self.log_dir, segno, first, adds.get(segno, []))
+                _rebuild_index(self.log_dir, segno, first, adds.get(segno, []), self.modes)
             self._checkpoint()
 
     def mark_destroyed(self) -> None:
@@ -1396,7 +1375,7 @@ class QueueStore:
             self.flush_locked()
 
 
-def _rebuild_index(log_dir: Path, segno: int, first_seq: int, adds: list[tuple[int, int]]) -> None:
+def _rebuild_index(log_dir: Path, segno: int, first_seq: int, adds: list[tuple[int, int]], modes: Modes) -> None:
     """Write segment ``segno``'s index afresh (temporary file renamed into place)."""
     log = segment_path(log_dir, segno)
     slots = log.stat().st_size // MIN_ADD_SIZE + 1
@@ -1407,7 +1386,7 @@ def _rebuild_index(log_dir: Path, segno: int, first_seq: int, adds: list[tuple[i
             struct.pack_into("<I", data, 8 + 4 * (seq - first_seq), off + 1)
     target = segment_path(log_dir, segno, ".idx")
     tmp = target.with_suffix(".idx.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    fd = modes.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, bytes(data))
         os.fsync(fd)
