@@ -44,6 +44,7 @@ from typing import IO, Any
 from .config import Config, load_config
 from .daemon import DaemonLoop, DaemonSettings, DaemonSpec, daemon_settings, find_daemon, validate_daemon_name
 from .errors import QueueEngineError, ServiceError
+from .process import start_ticks as proc_start_ticks
 from .worker import error_text
 
 __all__ = [
@@ -116,21 +117,6 @@ def ensure_dir(path: Path) -> Path:
     except OSError as exc:
         raise ServiceError(f"cannot create folder {str(path)!r}: {exc.strerror or exc}") from None
     return path
-
-
-def proc_start_ticks(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(b")") + 2:].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 # -- pidfile --------------------------------------------------------------------------------

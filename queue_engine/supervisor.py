@@ -41,12 +41,12 @@ from typing import Any
 from .config import Config, load_config
 from .daemon import DaemonLoop, DaemonSpec, daemon_settings, find_daemon
 from .errors import QueueEngineError
+from .process import start_ticks as proc_start_ticks
 from .service import (
     ServicePaths,
     StateFile,
     StateWriter,
     ensure_dir,
-    proc_start_ticks,
     reload_config,
     service_paths,
     setup_logging,

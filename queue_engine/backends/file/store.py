@@ -51,6 +51,7 @@ from ...errors import (
 from ...manager import MessageFilter
 from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...permissions import PRIVATE, Modes, check_data_dir
+from ...process import start_ticks
 from ...status import FailedMessage, MessageRef, QueueStatus
 from .records import HEADER_SIZE, MAGIC, VALID_TYPES, Flag, Header, RecordType, body_valid, encode, read_header
 from .segments import MIN_ADD_SIZE, Segment, create_segment, fsync_dir, segment_path
@@ -117,13 +118,8 @@ def _own_process_token() -> str:
 
 def _process_token(pid: int) -> str | None:
     """``pid:starttime`` identifying a live process (a recycled pid has another start time)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return f"{pid}:{fields[19].decode()}" if len(fields) > 19 else None
+    ticks = start_ticks(pid)
+    return None if ticks is None else f"{pid}:{ticks}"
 
 
 def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int, modes: Modes) -> None:

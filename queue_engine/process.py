@@ -1,0 +1,21 @@
+"""Telling processes apart: a pid plus its start time, so a recycled pid is never mistaken
+for the process that held it (leases, pidfiles)."""
+
+from __future__ import annotations
+
+__all__ = ["start_ticks"]
+
+
+def start_ticks(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
