@@ -138,15 +138,13 @@ def manual_allowed(manager: QueueManager, queue: str) -> bool:
 
 def manual_mode(config: Config | None) -> str:
     """``[queue] manualMode``: ``queued`` (default) or ``direct``."""
-    if config is None or not config.parser.has_section("queue"):
-        return "queued"
-    raw = next((v for k, v in config.parser.items("queue") if k.lower() == "manualmode"), None)
+    raw = None if config is None else config.setting("queue", "manualMode")
     if raw is None:
         return "queued"
-    value = raw.strip().strip("\"'").lower()
+    value = raw.strip().lower()
     if value not in MANUAL_MODES:
-        where = config.source if config.source is not None else "configuration"
-        raise ConfigurationError(f"{where}: [queue] manualMode = {raw!r}; valid: {', '.join(MANUAL_MODES)}")
+        assert config is not None
+        raise ConfigurationError(f"{config.where('queue', 'manualMode')} = {raw!r}; valid: {', '.join(MANUAL_MODES)}")
     return value
 
 

@@ -100,6 +100,18 @@ class Config:
     #: The whole parsed file, for sections later features read.
     parser: configparser.ConfigParser = field(default_factory=configparser.ConfigParser, compare=False, repr=False)
 
+    def setting(self, section: str, key: str) -> str | None:
+        """The raw value of ``[section] key`` in the file (key case-insensitive, one pair of
+        PHP-style quotes stripped), or None. For keys that other modules own and validate."""
+        if not self.parser.has_section(section):
+            return None
+        wanted = key.lower()
+        return next((_unquote(v) for k, v in self.parser.items(section) if k.lower() == wanted), None)
+
+    def where(self, section: str, key: str) -> str:
+        """``<file>: [section] key``, the prefix of error messages about that setting."""
+        return f"{self.source if self.source is not None else 'configuration'}: [{section}] {key}"
+
     def with_overrides(self, **settings: Any) -> Config:
         """A copy with keyword settings applied and validated."""
         known = {f.name for f in fields(self)} - {"source", "parser"}

@@ -54,42 +54,32 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _queue_key(config: Config, key: str) -> str | None:
-    parser = config.parser
-    if not parser.has_section("queue"):
-        return None
-    return next((v for k, v in parser.items("queue") if k.lower() == key.lower()), None)
-
-
-def _where(config: Config, key: str) -> str:
-    return f"{config.source if config.source is not None else 'configuration'}: [queue] {key}"
-
-
 def broker_active(config: Config | None) -> bool:
     """``[queue] brokerActive`` (default true): false means every message is spooled on purpose."""
-    raw = None if config is None else _queue_key(config, "brokerActive")
+    raw = None if config is None else config.setting("queue", "brokerActive")
     if raw is None:
         return True
-    value = raw.strip().strip("\"'").lower()
+    value = raw.strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     assert config is not None
-    raise ConfigurationError(f"{_where(config, 'brokerActive')} = {raw!r}; valid: true, false (or 1, 0, yes, no)")
+    where = config.where("queue", "brokerActive")
+    raise ConfigurationError(f"{where} = {raw!r}; valid: true, false (or 1, 0, yes, no)")
 
 
 def spool_dir(config: Config) -> Path:
     """``[queue] spoolDir``; default ``<cacheRoot>/spool`` for the file backend, else
     ``<user data dir>/qengine/spool``. A relative path is relative to the config file's folder."""
-    raw = _queue_key(config, "spoolDir")
+    raw = config.setting("queue", "spoolDir")
     if raw is None:
         if config.queue_type in ("file", "cache"):
             return Path(config.cache_root) / "spool"
         return Path(platformdirs.user_data_dir(APP_NAME)) / "spool"
-    text = raw.strip().strip("\"'")
+    text = raw.strip()
     if not text or "\x00" in text:
-        raise ConfigurationError(f"{_where(config, 'spoolDir')} = {raw!r} is not a usable path")
+        raise ConfigurationError(f"{config.where('queue', 'spoolDir')} = {raw!r} is not a usable path")
     path = Path(os.path.expanduser(os.path.expandvars(text)))
     if not path.is_absolute():
         base = config.source.parent if config.source is not None else Path.cwd()

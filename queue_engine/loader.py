@@ -93,9 +93,7 @@ def config_paths(config: Config | None, section: str, key: str, default: str) ->
     Default: the folder ``default`` next to the config file, or in the current directory.
     """
     base = config.source.parent if config is not None and config.source is not None else Path.cwd()
-    raw = None
-    if config is not None and config.parser.has_section(section):
-        raw = next((v for k, v in config.parser.items(section) if k.lower() == key.lower()), None)
+    raw = None if config is None else config.setting(section, key)
     if raw is None or not raw.strip():
         return [base / default]
     folders = []

@@ -157,16 +157,6 @@ def worker_section(config: Config | None, queue: str) -> tuple[dict[str, str], s
     return out, prefix
 
 
-def _queue_key(config: Config, key: str) -> str | None:
-    parser = config.parser
-    if not parser.has_section("queue"):
-        return None
-    for name, raw in parser.items("queue"):
-        if name.lower() == key.lower():
-            return raw
-    return None
-
-
 def _check_mode(raw: str, where: str) -> str:
     mode = raw.strip().lower()
     if mode not in MODES:
@@ -180,9 +170,9 @@ def queue_mode(config: Config | None, queue: str) -> str:
     if "mode" in section:
         return _check_mode(section["mode"], f"{prefix} mode")
     if config is not None:
-        raw = _queue_key(config, "mode")
+        raw = config.setting("queue", "mode")
         if raw is not None:
-            return _check_mode(raw, f"{_source(config)}: [queue] mode")
+            return _check_mode(raw, config.where("queue", "mode"))
     return "queued"
 
 
