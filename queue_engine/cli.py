@@ -74,6 +74,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "publish": "queue_engine.cli_pubsub:publish",
     "topics": "queue_engine.cli_pubsub:topics",
     "queues": "queue_engine.cli_catalog:queues",
+    "amqp": "queue_engine.cli_amqp:amqp",
 }
 
 
@@ -531,13 +532,21 @@ def get(app: AppContext, queue: str, as_json: bool) -> None:
 def status(app: AppContext, queue: str, as_json: bool) -> None:
     """Print the status record of QUEUE (exit 3 if it does not exist)."""
     result = app.manager.queue_status(queue)
+    publisher = app.manager.queue_meta(queue).get("amqp")  # an AMQP outbox's publisher state
     if as_json:
-        echo_json(result.to_dict())
-    else:
-        echo_fields(status_fields(result))
-        if result.failed:  # a failure must be impossible to miss
-            banner = f"FAILED: {result.failed} message(s) - see: qengine failed {queue}"
-            click.echo(click.style(banner, fg="red", bold=True), err=True)
+        echo_json(result.to_dict() | ({"amqp_publisher": publisher} if isinstance(publisher, dict) else {}))
+        return
+    echo_fields(status_fields(result))
+    if result.failed:  # a failure must be impossible to miss
+        banner = f"FAILED: {result.failed} message(s) - see: qengine failed {queue}"
+        click.echo(click.style(banner, fg="red", bold=True), err=True)
+    if isinstance(publisher, dict) and publisher.get("state") in ("failing", "disabled"):
+        kept = f"{result.messages_to_process} message(s) kept in {queue}"
+        if publisher["state"] == "failing":
+            banner = f"RABBITMQ PUBLISHING FAILING since {publisher.get('since')}: {publisher.get('error')} - {kept}"
+        else:
+            banner = f"RABBITMQ PUBLISHING DISABLED ([amqp.{queue}] enabled = false) - {kept}"
+        click.echo(click.style(banner, fg="red", bold=True), err=True)
 
 
 @cli.command(name="list")

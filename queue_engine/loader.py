@@ -221,10 +221,15 @@ def load_worker(
 ) -> Worker:
     """An instance of the worker of ``queue``, with ``queue`` set on it.
 
+    A queue with an ``[amqp.QUEUE]`` section is an AMQP outbox: its worker is the built-in
+    :class:`~queue_engine.amqp.AmqpPublisher` (it needs ``manager``), whatever else exists.
     Without a per-type worker: the REST hook worker when ``manager`` is given and the queue
     has listeners (queue meta ``"hooks"``); else the built-in function-job worker when
     ``function_jobs`` is true, else :class:`WorkerError` listing every place searched.
     """
+    outbox = _outbox(queue, config, manager)
+    if outbox is not None:
+        return outbox
     cls, searched = find_worker_class(queue, config)
     if cls is None and manager is not None and _has_hooks(manager, queue):
         from .hooks import HookWorker
@@ -249,6 +254,22 @@ def load_worker(
             raise WorkerError(f"cannot create worker {cls.__module__}.{cls.__qualname__}: {error_text(exc)}") from exc
     worker.queue = queue
     return worker
+
+
+def _outbox(queue: str, config: Config | None, manager: QueueManager | None) -> Worker | None:
+    if config is None or not any(s.lower() == f"amqp.{queue}".lower() for s in config.parser.sections()):
+        return None  # pika is imported only for configured outboxes
+    from .amqp import AmqpPublisher, outbox_settings
+    from .retry import backoff_from_config
+    from .worker import worker_section
+
+    settings = outbox_settings(config, queue)
+    assert settings is not None
+    if manager is None:
+        raise WorkerError(f"queue {queue!r} is an AMQP outbox ([amqp.{queue}]): it is published by "
+                          "`qengine work` or a daemon, not in direct mode")
+    section, prefix = worker_section(config, queue)  # the connection retries follow [worker.QUEUE] too
+    return AmqpPublisher(manager, settings, backoff=backoff_from_config(section, prefix))
 
 
 def _has_hooks(manager: QueueManager, queue: str) -> bool:

@@ -308,11 +308,16 @@ class WorkerRunner:
         return self._stopping
 
     def run_once(self) -> bool:
-        """Reserve and process one message from the next queue that has one; False if none had."""
+        """Reserve and process one message from the next queue that has one; False if none had.
+
+        A queue whose worker is paused (:meth:`Worker.paused_for`) is skipped.
+        """
         count = len(self.queues)
         for offset in range(count):
             index = (self._next + offset) % count
             handler = self.handlers[self.queues[index]]
+            if handler.worker.paused_for() > 0:
+                continue
             message = self.manager.reserve(handler.queue, handler.lease)
             if message is None:
                 continue

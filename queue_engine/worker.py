@@ -98,6 +98,16 @@ class Worker(ABC):
         """
         return {}
 
+    def paused_for(self) -> float:
+        """Seconds the runner should wait before reserving a message for this worker; 0: go on.
+
+        The default never pauses. A worker whose downstream service is down or switched off
+        (the AMQP publisher) returns > 0: its messages stay queued, untouched and in order,
+        and no attempt is spent. Called before every reservation, so it must be cheap, and
+        it must not raise.
+        """
+        return 0.0
+
     @property
     def name(self) -> str:
         """The class name, as recorded in the audit trail."""
