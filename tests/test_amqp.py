@@ -32,7 +32,6 @@ from queue_engine.amqp import (
     AmqpConsumer,
     AmqpError,
     AmqpPublisher,
-    BrokerUnavailable,
     Endpoint,
     consumer_settings,
     decode_kept_body,
