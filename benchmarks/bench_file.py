@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import peers  # noqa: E402  (the benchmarks directory is not a package)
+from machine import cpu_model  # noqa: E402
 
 CASES = ("add1", "add2", "get", "ack")
 CASE_TITLES = {
@@ -273,12 +274,7 @@ def filesystem_of(path: str) -> str:
 
 
 def machine_facts(base: str) -> dict[str, str]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = "?"
     try:
         with open("/proc/meminfo") as fh:

@@ -37,6 +37,8 @@ import redis
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from machine import cpu_model  # noqa: E402 - benchmarks/ is the script folder
+
 from queue_engine import QueueFactory, QueueMessage  # noqa: E402
 
 HANG_GUARD = 30.0
@@ -134,12 +136,7 @@ RAW = "redis-py LPUSH / BRPOP"
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
     versions = {}
     for dist in ("redis", "hiredis", "rq"):

@@ -56,6 +56,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,6 +119,8 @@ DEFAULT_PREFETCH = 100
 #: Default publisher strategy: a refused publish is retried 10 times over about 17 minutes.
 DEFAULT_RETRIES = 10
 DEFAULT_BACKOFF: Backoff = ExponentialBackoff(base=1.0, factor=2.0, max_delay=300.0)
+#: Seconds of publisher silence after which it services the connection (heartbeats, closes).
+_SERVICE_EVERY = 5.0
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 #: Errors pika raises for a broker that cannot be reached or went away.
@@ -439,6 +442,7 @@ class AmqpPublisher(Worker):
         self._failures = 0  # consecutive connection failures
         self._retry_at = 0.0  # monotonic time of the next connection attempt
         self._state: str | None = None  # last state written to the queue meta
+        self._last_io = 0.0  # monotonic time of the last exchange with the broker
         self._warned_disabled = False
 
     # -- connection -----------------------------------------------------------------------
@@ -454,6 +458,8 @@ class AmqpPublisher(Worker):
             _close(connection)
             raise BrokerUnavailable(f"RabbitMQ at {self.settings.endpoint.display()}: {_reason(exc)}") from None
         self._connection, self._channel = connection, channel
+        self._last_io = time.monotonic()
+        weakref.finalize(self, _close, connection)  # a runner drops its workers without closing them
         logger.info("%s: connected to %s", self.queue, self.settings.target())
         return channel
 
@@ -479,7 +485,19 @@ class AmqpPublisher(Worker):
         if now < self._retry_at:
             return self._retry_at - now
         if self._channel is not None and self._channel.is_open:
-            return 0.0
+            if now - self._last_io < _SERVICE_EVERY:
+                return 0.0
+            # Idle for a while: answer heartbeats and notice a connection the broker closed,
+            # so the next message does not spend an attempt on a dead connection.
+            self._last_io = now
+            try:
+                assert self._connection is not None
+                self._connection.process_data_events(time_limit=0)
+                return 0.0
+            except (pika.exceptions.AMQPError, *_CONNECTION_ERRORS) as exc:
+                logger.info("%s: connection to %s lost while idle: %s", self.queue,
+                            self.settings.endpoint.display(), _reason(exc))
+                self.close()
         try:
             self._open()
         except BrokerUnavailable as exc:
@@ -536,6 +554,7 @@ class AmqpPublisher(Worker):
         except BaseException:
             self.close()  # e.g. the time limit fired inside pika: the connection state is unknown
             raise
+        self._last_io = time.monotonic()
         self._set_state("ok", None)
         return {"target": self.settings.target(), "duration_ms": round((time.monotonic() - t0) * 1000, 1)}
 

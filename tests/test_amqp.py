@@ -313,6 +313,33 @@ def test_broker_down_reserves_nothing_then_publishes_everything(
         manager.close()
 
 
+def test_connection_lost_while_idle_costs_no_attempt(
+    make_config: MakeConfig, rabbit: RabbitNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker restarts while the publisher idles: it reconnects before reserving the next message."""
+    import queue_engine.amqp as amqp_module
+
+    monkeypatch.setattr(amqp_module, "_SERVICE_EVERY", 0.0)  # look at the connection on every poll
+    target = rq_name()
+    rabbit.declare(target)
+    manager = manager_for(outbox_config(make_config, rabbit, target))
+    runner = WorkerRunner(manager, [OUT], burst=True)
+    worker = runner.handlers[OUT].worker
+    try:
+        manager.add_message(OUT, QueueMessage(data="before"))
+        assert runner.run() == 1
+        rabbit.stop()
+        rabbit.start()
+        uid = manager.add_message(OUT, QueueMessage(data="after"))
+        assert runner.run() == 1
+        assert [r.outcome for r in get_audit_log(manager).query(OUT, uuid=uid)] == ["success"]
+        assert [json.loads(body) for _, body in rabbit.drain(target)] == ["before", "after"]
+    finally:
+        assert isinstance(worker, AmqpPublisher)
+        worker.close()
+        manager.close()
+
+
 def test_disabled_outbox_keeps_everything_queued(make_config: MakeConfig, rabbit: RabbitNode) -> None:
     target = rq_name()
     rabbit.declare(target)
