@@ -10,12 +10,17 @@ message is an error, not silently dropped), with publisher confirms, and acked i
 only once RabbitMQ confirmed it. Every publish carries ``message_id = <qengine uuid>`` so a
 receiver can drop the rare duplicate (a publisher killed between the confirm and the ack).
 
-* RabbitMQ unreachable: the publisher does not reserve anything; messages stay queued,
-  untouched and in order, and it tries to reconnect after the configured backoff
-  (``[worker.QUEUE]`` backoff keys; default exponential, 1 s to 5 min). No attempt is spent.
-* A publish refused with a live connection (unroutable, nacked, exchange missing,
-  connection lost mid-publish): that message is retried with the worker's strategy and ends
-  in the failed store after ``retries`` attempts (``qengine requeue`` brings it back).
+* RabbitMQ unreachable or blocking publishers (a resource alarm): the publisher does not
+  reserve anything; messages stay queued, untouched and in order, and it tries to reconnect
+  after the configured backoff (``[worker.QUEUE]`` backoff keys; default exponential, 1 s
+  to 5 min). No attempt is spent.
+* The message refused (unroutable, nacked, exchange missing): that message is retried with
+  the worker's strategy and ends in the failed store after ``retries`` attempts
+  (``qengine requeue`` brings it back).
+* The broker failing during a publish (connection lost, blocked, no confirm within the
+  publish time limit of 3 x ``timeout``): the connection is dropped and the message retried
+  without end (:attr:`PublishFailed.retry_forever`); it may have reached RabbitMQ, so the
+  retry may be a duplicate with the same ``message_id``.
 * ``enabled = false``: nothing is published on purpose; everything stays queued (the
   original's ``rabbit_active = false``).
 
@@ -35,15 +40,15 @@ Config::
     [amqp]                        ; connection defaults for every outbox and for consumers
     uri = amqp://user:secret@rabbit.example:5672/vhost
     ; or, never both:  host, port, username, password, virtualHost
-    heartbeat = 30                ; seconds
-    timeout = 10                  ; seconds to connect and to wait for a confirm
+    heartbeat = 30                ; seconds (>= 1)
+    timeout = 10                  ; seconds to connect; a publish may take 3 x timeout
     prefetch = 100                ; unacked deliveries a consumer holds at most
 
     [amqp.PROMOTIONS]             ; queue PROMOTIONS is an outbox
     exchange = promo              ; default: "" (the default exchange)
     routingKey = promotion        ; default: the queue name
     enabled = true
-    ; uri / host / ... here replace [amqp]'s connection for this outbox only
+    ; a uri here replaces [amqp]'s connection; host / port / ... replace just those parts
 
 Passwords never appear in logs, errors, status or audit records (see :meth:`Endpoint.display`).
 """
@@ -55,6 +60,7 @@ import binascii
 import json
 import logging
 import math
+import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -65,7 +71,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .config import Config, parse_int
 from .daemon import Daemon
-from .errors import ConfigurationError, InvalidMessage, QueueEngineError, QueueNotFound, StorageError
+from .errors import (
+    ConfigurationError,
+    InvalidMessage,
+    QueueEngineError,
+    QueueNotFound,
+    StorageError,
+    TimeLimitExceeded,
+)
 
 try:
     import pika
@@ -78,7 +91,7 @@ except ModuleNotFoundError as exc:  # an optional extra: say how to get it, in o
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, validate_queue_name
 from .retry import Backoff, ExponentialBackoff
-from .worker import Worker, error_text
+from .worker import Worker, error_text, time_limit
 
 __all__ = [
     "AMQP_KEYS",
@@ -140,7 +153,16 @@ class BrokerUnavailable(AmqpError, StorageError):
 
 
 class PublishFailed(AmqpError):
-    """RabbitMQ did not confirm a publish (unroutable, nacked, exchange missing, connection lost)."""
+    """RabbitMQ did not confirm a publish (unroutable, nacked, exchange missing, connection lost).
+
+    ``retry_forever`` is true when the broker, not the message, is at fault (connection lost,
+    blocked by a resource alarm, no confirm in time): the runner then retries it whatever the
+    attempt count instead of moving it to the failed store.
+    """
+
+    def __init__(self, text: str, *, retry_forever: bool = False) -> None:
+        super().__init__(text)
+        self.retry_forever = retry_forever
 
 
 # -- settings -----------------------------------------------------------------------------
@@ -282,7 +304,8 @@ def _endpoint(section: Mapping[str, str], prefix: str, fallback: Endpoint | None
     heartbeat = fallback.heartbeat if fallback is not None else DEFAULT_HEARTBEAT
     timeout = fallback.timeout if fallback is not None else DEFAULT_TIMEOUT
     if "heartbeat" in section:
-        heartbeat = parse_int(f"{prefix} heartbeat", section["heartbeat"], minimum=0)
+        # >= 1: heartbeats are what detects a stalled broker while a confirm or a close is awaited
+        heartbeat = parse_int(f"{prefix} heartbeat", section["heartbeat"], minimum=1)
     if "timeout" in section:
         raw = section["timeout"]
         try:
@@ -298,7 +321,7 @@ def _endpoint(section: Mapping[str, str], prefix: str, fallback: Endpoint | None
                 f"{prefix} uri excludes {', '.join(parts)}: give either the full uri or its parts, never both"
             )
         return endpoint_from_uri(section["uri"], where=f"{prefix} uri", heartbeat=heartbeat, timeout=timeout)
-    base = fallback if fallback is not None and not parts else Endpoint()
+    base = fallback if fallback is not None else Endpoint()  # each part given replaces that part only
     port = base.port
     if "port" in section:
         port = parse_int(f"{prefix} port", section["port"], minimum=1)
@@ -315,7 +338,7 @@ def _endpoint(section: Mapping[str, str], prefix: str, fallback: Endpoint | None
         virtual_host=section.get("virtualHost", base.virtual_host) or "/",
         heartbeat=heartbeat,
         timeout=timeout,
-        tls=base.tls if not parts else False,
+        tls=base.tls,
     )
 
 
@@ -346,10 +369,20 @@ def consumer_settings(config: Config | None, *, uri: str | None = None) -> tuple
 
 
 def outbox_queues(config: Config | None) -> list[str]:
-    """The queues configured as outboxes (one ``[amqp.QUEUE]`` section each), as written."""
+    """The queues configured as outboxes (one ``[amqp.QUEUE]`` section each), as written.
+
+    Raises :class:`ConfigurationError` naming the file and section for an invalid queue name.
+    """
     if config is None:
         return []
-    return [s[5:] for s in config.parser.sections() if s.lower().startswith("amqp.") and len(s) > 5]
+    names = []
+    for section in config.parser.sections():
+        if section.lower().startswith("amqp."):
+            try:
+                names.append(validate_queue_name(section[5:]))
+            except QueueEngineError as exc:
+                raise ConfigurationError(f"{_source(config)}: [{section}]: {exc}") from None
+    return names
 
 
 def outbox_settings(config: Config | None, queue: str) -> OutboxSettings | None:
@@ -367,6 +400,11 @@ def outbox_settings(config: Config | None, queue: str) -> OutboxSettings | None:
     endpoint = _endpoint(own, prefix, base)
     routing_key = own.get("routingKey", queue)
     exchange = own.get("exchange", "")
+    if not exchange and not routing_key:
+        raise ConfigurationError(
+            f"{prefix} routingKey is empty: the default exchange routes by queue name, so every publish "
+            "would be unroutable; name the RabbitMQ queue, or set an exchange"
+        )
     for key, value in (("exchange", exchange), ("routingKey", routing_key)):
         if len(value.encode("utf-8")) > 255:
             raise ConfigurationError(f"{prefix} {key} = {value[:40]!r}...: at most 255 bytes")
@@ -390,12 +428,43 @@ def _connect(endpoint: Endpoint) -> pika.BlockingConnection:
 
 
 def _reason(exc: BaseException) -> str:
-    text = error_text(exc)
-    if isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args:
-        inner = exc.args[0]
-        if isinstance(inner, BaseException):
-            text = error_text(inner)
-    return text[:300]
+    """The innermost cause pika wrapped (``ConnectionRefusedError: ...``), one line, bounded."""
+    for _ in range(8):
+        inner: object = None
+        wrapped = getattr(exc, "exceptions", None)  # AMQPConnectionWorkflowFailed: one per try
+        if isinstance(wrapped, (list, tuple)) and wrapped:
+            inner = wrapped[-1]
+        elif isinstance(getattr(exc, "exception", None), BaseException):  # a connector phase error
+            inner = exc.exception  # type: ignore[attr-defined]
+        elif exc.args and isinstance(exc.args[0], BaseException):
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return error_text(exc)[:300]
+
+
+def _abort(connection: pika.BlockingConnection | None) -> None:
+    """Drop ``connection`` at once, without the close handshake a stalled broker never answers.
+
+    pika has no public abort; shutting its socket down is enough: the broker sees the
+    connection gone (unconfirmed publishes and unacked deliveries are its to redeliver).
+    """
+    if connection is None:
+        return
+    sock = getattr(getattr(getattr(connection, "_impl", None), "_transport", None), "_sock", None)
+    if sock is None:
+        _close(connection)
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()  # the connection object is never used again
+    try:
+        connection._impl.ioloop.close()  # its poller and wake-up socket pair
+    except Exception:  # best effort: a pika without this layout leaves them to the GC
+        logger.debug("closing an aborted connection's I/O loop failed", exc_info=True)
 
 
 def _close(connection: pika.BlockingConnection | None) -> None:
@@ -404,6 +473,8 @@ def _close(connection: pika.BlockingConnection | None) -> None:
     try:
         if connection.is_open:
             connection.close()
+    except TimeLimitExceeded:
+        raise
     except Exception:  # closing a broken connection: nothing left to save
         logger.debug("closing a RabbitMQ connection failed", exc_info=True)
 
@@ -423,9 +494,12 @@ class AmqpPublisher(Worker):
     """Publishes the messages of an outbox queue to RabbitMQ, one confirmed publish per message.
 
     The worker the loader returns for a queue with a ``[amqp.QUEUE]`` section. Defaults:
-    ``retries = 10`` with exponential backoff from 1 s to 5 min (``[worker.QUEUE]`` may
-    override them). While the broker is unreachable or publishing is disabled,
-    :meth:`paused_for` keeps the runner from reserving its messages.
+    ``retries = 10`` with exponential backoff from 1 s to 5 min, and a time limit per
+    publish of three times the connection ``timeout`` (``[worker.QUEUE]`` may override
+    them). While the broker is unreachable, blocked by a resource alarm, or publishing is
+    disabled, :meth:`paused_for` keeps the runner from reserving its messages. Attempts
+    only count against ``retries`` when the message itself is refused (unroutable, nacked,
+    exchange missing); a broker fault is retried without end (:class:`PublishFailed`).
     """
 
     retries = DEFAULT_RETRIES
@@ -437,13 +511,18 @@ class AmqpPublisher(Worker):
         self.queue = settings.queue
         if backoff is not None:
             self.backoff = backoff
+        # A stalled broker never answers: the time limit bounds the wait for a confirm.
+        self.time_limit = 3 * settings.endpoint.timeout
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._blocked = False  # the broker sent connection.blocked (a memory or disk alarm)
         self._failures = 0  # consecutive connection failures
         self._retry_at = 0.0  # monotonic time of the next connection attempt
-        self._state: str | None = None  # last state written to the queue meta
+        self._state: tuple[str, str | None] | None = None  # last (state, error) recorded
+        self._since: str | None = None  # when the recorded state began
         self._last_io = 0.0  # monotonic time of the last exchange with the broker
-        self._warned_disabled = False
+        self._cause: str | None = None  # connection | publish: what the recorded failure is about
 
     # -- connection -----------------------------------------------------------------------
     def _open(self) -> BlockingChannel:
@@ -454,50 +533,70 @@ class AmqpPublisher(Worker):
         try:
             channel = connection.channel()
             channel.confirm_delivery()
+            connection.add_on_connection_blocked_callback(self._on_blocked)
+            connection.add_on_connection_unblocked_callback(self._on_unblocked)
         except Exception as exc:
             _close(connection)
             raise BrokerUnavailable(f"RabbitMQ at {self.settings.endpoint.display()}: {_reason(exc)}") from None
-        self._connection, self._channel = connection, channel
+        self._connection, self._channel, self._blocked = connection, channel, False
         self._last_io = time.monotonic()
-        weakref.finalize(self, _close, connection)  # a runner drops its workers without closing them
+        self._finalizer = weakref.finalize(self, _close, connection)  # a runner drops workers unclosed
         logger.info("%s: connected to %s", self.queue, self.settings.target())
         return channel
 
-    def close(self) -> None:
-        """Close the connection (it is reopened on demand). Idempotent."""
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = True
+        reason = getattr(getattr(frame, "method", None), "reason", "") or "resource alarm"
+        logger.warning("%s: RabbitMQ blocks publishing (%s): messages stay queued", self.queue, reason)
+        self._set_state("failing", f"RabbitMQ at {self.settings.endpoint.display()} blocks publishing: {reason}",
+                        cause="connection")
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = False
+        logger.info("%s: RabbitMQ accepts publishing again", self.queue)
+
+    def close(self, *, abort: bool = False) -> None:
+        """Close the connection (it is reopened on demand). Idempotent.
+
+        ``abort``: drop it without the close handshake (the broker may be stalled).
+        """
         connection, self._connection, self._channel = self._connection, None, None
-        _close(connection)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        (_abort if abort else _close)(connection)
 
     def paused_for(self) -> float:
         """0 when a message may be reserved; else the seconds until the broker is tried again.
 
-        Publishing disabled: always the runner's idle wait (1 s). Broker unreachable: the
-        worker's backoff for the number of consecutive connection failures.
+        Publishing disabled: the runner's idle wait (1 s). Broker unreachable: the worker's
+        backoff for the number of consecutive connection failures. Broker blocked by a
+        resource alarm: 1 s, until it unblocks.
         """
         if not self.settings.enabled:
-            if not self._warned_disabled:
-                self._warned_disabled = True
-                logger.warning("%s: publishing disabled ([amqp.%s] enabled = false): messages stay queued",
-                               self.queue, self.queue)
-                self._set_state("disabled", "publishing disabled by configuration (enabled = false)")
+            text = f"publishing disabled by configuration ([amqp.{self.queue}] enabled = false)"
+            if self._state != ("disabled", text):
+                logger.warning("%s: %s: messages stay queued", self.queue, text)
+                self._set_state("disabled", text)
             return 1.0
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
         if self._channel is not None and self._channel.is_open:
-            if now - self._last_io < _SERVICE_EVERY:
+            if not self._blocked and now - self._last_io < _SERVICE_EVERY:
                 return 0.0
-            # Idle for a while: answer heartbeats and notice a connection the broker closed,
-            # so the next message does not spend an attempt on a dead connection.
+            # Idle for a while, or blocked: answer heartbeats, take the unblock, and notice a
+            # connection the broker closed, so the next message spends no attempt on it.
             self._last_io = now
             try:
                 assert self._connection is not None
                 self._connection.process_data_events(time_limit=0)
-                return 0.0
+                if self._channel is not None and self._channel.is_open:
+                    return 1.0 if self._blocked else 0.0
             except (pika.exceptions.AMQPError, *_CONNECTION_ERRORS) as exc:
                 logger.info("%s: connection to %s lost while idle: %s", self.queue,
                             self.settings.endpoint.display(), _reason(exc))
-                self.close()
+            self.close(abort=True)
         try:
             self._open()
         except BrokerUnavailable as exc:
@@ -505,9 +604,10 @@ class AmqpPublisher(Worker):
             wait = max(0.1, self.backoff.delay(self._failures))
             self._retry_at = time.monotonic() + wait
             logger.warning("%s: %s; messages stay queued, next try in %.3gs", self.queue, exc, wait)
-            self._set_state("failing", str(exc))
+            self._set_state("failing", str(exc), cause="connection")
             return wait
         self._failures = 0
+        self._clear_connection_failure()
         return 0.0
 
     # -- publishing -----------------------------------------------------------------------
@@ -538,25 +638,41 @@ class AmqpPublisher(Worker):
                 self.settings.exchange, self.settings.routing_key, body, self.properties(message), mandatory=True
             )
         except pika.exceptions.UnroutableError:
-            self._set_state("failing", f"{where}: unroutable (no queue bound to it)")
-            raise PublishFailed(f"{where}: unroutable (no queue bound to it)") from None
+            raise self._refused(f"{where}: unroutable (no queue bound to it)") from None
         except pika.exceptions.NackError:
-            self._set_state("failing", f"{where}: nacked by the broker")
-            raise PublishFailed(f"{where}: nacked by the broker") from None
+            raise self._refused(f"{where}: nacked by the broker") from None
+        except pika.exceptions.ChannelClosedByBroker as exc:  # e.g. 404: the exchange does not exist
+            self.close()
+            raise self._refused(f"{where}: {exc.reply_code} {exc.reply_text}") from None
         except BrokerUnavailable as exc:
-            self._set_state("failing", str(exc))
-            raise PublishFailed(f"{where}: {exc}") from None
+            raise self._broker_fault(f"{where}: {exc}", abort=False) from None
         except (pika.exceptions.AMQPError, *_CONNECTION_ERRORS) as exc:
-            self.close()  # a channel closed by the broker (404 exchange) or a dropped connection
-            text = f"{where}: {_reason(exc)}"
-            self._set_state("failing", text)
-            raise PublishFailed(text) from None
+            # Connection lost or blocked too long: the message may or may not have reached
+            # RabbitMQ; if it did, the retry is the duplicate receivers drop by message_id.
+            raise self._broker_fault(f"{where}: {_reason(exc)}", abort=True) from None
+        except TimeLimitExceeded:
+            raise self._broker_fault(
+                f"{where}: no confirm within {self.time_limit:g}s (it may have reached RabbitMQ)", abort=True
+            ) from None
         except BaseException:
-            self.close()  # e.g. the time limit fired inside pika: the connection state is unknown
+            self.close(abort=True)  # interrupted inside pika: the connection state is unknown
             raise
         self._last_io = time.monotonic()
         self._set_state("ok", None)
         return {"target": self.settings.target(), "duration_ms": round((time.monotonic() - t0) * 1000, 1)}
+
+    def _refused(self, text: str) -> PublishFailed:
+        """The message itself was refused: retried, then the failed store."""
+        self._set_state("failing", text, cause="publish")
+        return PublishFailed(text)
+
+    def _broker_fault(self, text: str, *, abort: bool) -> PublishFailed:
+        """The broker failed, not the message: reconnect later, retry the message without end."""
+        self.close(abort=abort)
+        self._failures += 1
+        self._retry_at = time.monotonic() + max(0.1, self.backoff.delay(self._failures))
+        self._set_state("failing", text, cause="connection")
+        return PublishFailed(text, retry_forever=True)
 
     def audit_extra(self, message: QueueMessage, outcome: str, result_or_error: Any) -> dict[str, Any]:
         """The audit ``extra``: the broker and exchange (no password), and the confirm time."""
@@ -564,29 +680,53 @@ class AmqpPublisher(Worker):
             return dict(result_or_error)
         return {"target": self.settings.target()}
 
-    def _set_state(self, state: str, error: str | None) -> None:
-        """Record a change of state in the queue meta (only changes: the hot path writes nothing)."""
-        key = f"{state}:{error}"
-        if key == self._state:
+    # -- state shown by `qengine status` ---------------------------------------------------
+    def _clear_connection_failure(self) -> None:
+        """Connected: a recorded connection failure or a stale ``disabled`` no longer holds."""
+        current = self._state
+        if current is None:
+            recorded = publisher_state(self.manager, self.queue) or {}
+            stale = recorded.get("state") == "disabled" or (
+                recorded.get("state") == "failing" and recorded.get("cause") == "connection"
+            )
+            if stale or (recorded.get("state") == "failing" and recorded.get("target") != self.settings.target()):
+                self._set_state("ok", None)
+        elif current[0] == "disabled" or (current[0] == "failing" and self._cause == "connection"):
+            self._set_state("ok", None)
+
+    def _set_state(self, state: str, error: str | None, *, cause: str | None = None) -> None:
+        """Record a change of state in the queue meta; repeats write nothing (the hot path)."""
+        if self._state == (state, error):
             return
         previous = self._state
-        self._state = key
+        self._state = (state, error)
+        self._cause = cause
         if state == "ok" and previous is None:
             current = publisher_state(self.manager, self.queue)
             if current is None or current.get("state") == "ok":
                 return  # nothing to clear
+        if previous is None or previous[0] != state:
+            # "since" is when this state began: a new error text during one outage keeps it
+            recorded = publisher_state(self.manager, self.queue) if previous is None else None
+            if recorded is not None and recorded.get("state") == state and recorded.get("since"):
+                self._since = str(recorded["since"])
+            else:
+                self._since = datetime.now(timezone.utc).isoformat(timespec="seconds")
         value: dict[str, Any] = {
             "state": state,
             "error": error,
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cause": cause,
+            "since": self._since,
             "target": self.settings.target(),
         }
         if state == "ok":
-            logger.info("%s: publishing to %s works again", self.queue, self.settings.target())
+            logger.info("%s: publishing to %s works", self.queue, self.settings.target())
         try:
             self.manager.update_queue_meta(self.queue, {AMQP_META_KEY: value})
-        except QueueEngineError:
-            logger.exception("%s: could not record the publisher state %s", self.queue, state)
+        except QueueNotFound:
+            pass  # nothing was ever added to the outbox: there is nothing to report on
+        except QueueEngineError as exc:
+            logger.warning("%s: could not record the publisher state %s: %s", self.queue, state, exc)
 
 
 # -- inbox --------------------------------------------------------------------------------
@@ -668,9 +808,19 @@ class AmqpConsumer:
         return self._stopping or (self.should_stop is not None and self.should_stop())
 
     def close(self) -> None:
-        """Close the connection; RabbitMQ requeues every delivery not acked yet. Idempotent."""
+        """Close the connection; RabbitMQ requeues every delivery not acked yet. Idempotent.
+
+        A broker that does not answer the close within ``timeout`` seconds (enforced in the
+        main thread) has its connection dropped instead.
+        """
         connection, self._connection, self._channel = self._connection, None, None
-        _close(connection)
+        if connection is None:
+            return
+        try:
+            with time_limit(self.endpoint.timeout, "closing the RabbitMQ connection"):
+                _close(connection)
+        except TimeLimitExceeded:
+            _abort(connection)
 
     def _open(self) -> BlockingChannel:
         if self._channel is not None and self._channel.is_open:
@@ -709,8 +859,8 @@ class AmqpConsumer:
         try:
             try:
                 data = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise InvalidMessage(f"body is not UTF-8 JSON: {error_text(exc)}") from None
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+                raise InvalidMessage(f"body is not UTF-8 JSON: {error_text(exc)[:200]}") from None
             message = QueueMessage(data=data, alias=_alias(properties.message_id))
             self.manager.add_message(self.into, message, on_duplicate="ignore")
         except InvalidMessage as exc:
@@ -719,6 +869,9 @@ class AmqpConsumer:
         except QueueEngineError as exc:
             channel.basic_nack(method.delivery_tag, requeue=True)
             raise StorageError(f"could not add to qengine queue {self.into!r}: {exc}") from exc
+        except (RecursionError, ValueError, TypeError) as exc:  # JSON qengine cannot re-encode (nested too deep)
+            self._keep_malformed(method, properties, body, InvalidMessage(f"unusable JSON: {error_text(exc)[:200]}"))
+            outcome = "malformed"
         channel.basic_ack(method.delivery_tag)
         if outcome == "added":
             self.added += 1
@@ -755,9 +908,12 @@ class AmqpConsumer:
 
         ``burst``: return once no delivery came for ``idle`` seconds, and raise
         :class:`BrokerUnavailable` / :class:`AmqpError` instead of waiting for the broker.
-        Otherwise a lost or refused connection is retried forever (1 s doubling to 30 s).
+        Otherwise a lost or refused connection is retried forever (1 s doubling to 30 s);
+        a missing Rabbit queue raises :class:`AmqpError` when it is seen on the first try.
         ``max_messages``: return after that many deliveries.
         """
+        if not (isinstance(idle, (int, float)) and math.isfinite(idle) and idle > 0):
+            raise ConfigurationError(f"invalid idle {idle!r}: a number of seconds > 0")
         handled = 0
         failures = 0
         while not self.stopping and (max_messages is None or handled < max_messages):
@@ -777,9 +933,14 @@ class AmqpConsumer:
                     if self.stopping or (max_messages is not None and handled >= max_messages):
                         break
                 self._cancel()
-            except (BrokerUnavailable, StorageError, AmqpError, *_CONNECTION_ERRORS, pika.exceptions.AMQPError) as exc:
-                self.close()
-                if burst:
+            except BaseException as exc:
+                self.close()  # unacked deliveries go back to RabbitMQ now, not when this process ends
+                if not isinstance(exc, (QueueEngineError, pika.exceptions.AMQPError, *_CONNECTION_ERRORS)):
+                    raise
+                # A mistake seen on the first try (a Rabbit queue that does not exist) is reported
+                # at once; a failure later on is waited out.
+                first_try = handled == 0 and failures == 0
+                if burst or (first_try and isinstance(exc, AmqpError) and not isinstance(exc, BrokerUnavailable)):
                     if isinstance(exc, QueueEngineError):  # AmqpError, or the qengine backend failed
                         raise
                     raise BrokerUnavailable(f"RabbitMQ at {self.endpoint.display()}: {_reason(exc)}") from None
@@ -795,7 +956,11 @@ class AmqpConsumer:
         if channel is None or not channel.is_open:
             return
         try:
-            channel.cancel()
+            with time_limit(self.endpoint.timeout, "cancelling the RabbitMQ consumer"):
+                channel.cancel()
+        except TimeLimitExceeded:
+            connection, self._connection, self._channel = self._connection, None, None
+            _abort(connection)
         except (pika.exceptions.AMQPError, *_CONNECTION_ERRORS):
             self.close()
 

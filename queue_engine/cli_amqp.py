@@ -76,6 +76,8 @@ def consume(
 
     if not rabbit_queue or len(rabbit_queue.encode("utf-8")) > 255:
         raise CliError(f"invalid RABBITQUEUE {rabbit_queue!r}: 1-255 bytes", USAGE_EXIT)
+    if idle < 0.05:  # it is also the poll period of the stop flag: 0 would spin a CPU
+        raise CliError(f"invalid value for --idle: {idle:g} (at least 0.05 seconds)", USAGE_EXIT)
     try:
         endpoint, default_prefetch = consumer_settings(load_config(app.config_path), uri=uri)
     except ConfigurationError as exc:

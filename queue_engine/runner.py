@@ -94,9 +94,18 @@ class MessageHandler:
             error = exc
         return Attempt(result, error, started, time.monotonic() - t0)
 
-    def is_final(self, message: QueueMessage, error: BaseException) -> bool:
-        """True when no attempt follows: unrecoverable error, or the maximum reached."""
-        return self.settings.is_unrecoverable(error) or message.attempts >= self.settings.max_attempts(message)
+    def is_final(self, message: QueueMessage, error: BaseException, *, direct: bool = False) -> bool:
+        """True when no attempt follows: unrecoverable error, or the maximum reached.
+
+        Queued, an error whose ``retry_forever`` attribute is true (a downstream service that
+        is down, not a fault of the message) is retried whatever the attempt count. Direct
+        mode retries back to back, so it stops at the maximum anyway.
+        """
+        if self.settings.is_unrecoverable(error):
+            return True
+        if message.attempts < self.settings.max_attempts(message):
+            return False
+        return direct or not getattr(error, "retry_forever", False)
 
     def record(self, message: QueueMessage, attempt: Attempt, outcome: str, error: str | None) -> None:
         """Append the attempt to the audit trail; a failure to record is logged, not raised."""
@@ -222,7 +231,7 @@ class MessageHandler:
                 return message.uuid
             text = error_text(att.error)
             errors.append(text)
-            if self.is_final(message, att.error):
+            if self.is_final(message, att.error, direct=True):
                 logger.error(
                     "%s message %s failed for good in direct mode (attempt %d of %d): %s",
                     self.queue, message.uuid, message.attempts, limit, text, exc_info=self._traceback(att.error),

@@ -63,6 +63,9 @@ class Worker(ABC):
       raising an :class:`Exception` means this attempt failed. Raise
       :class:`~queue_engine.errors.Unrecoverable` (or a class listed in ``unrecoverable``)
       when retrying cannot help: the remaining attempts are skipped.
+    * An exception with a true ``retry_forever`` attribute says the service behind the worker
+      is down, not that the message is bad: it is retried with the backoff whatever the
+      attempt count, and never goes to the failed store for that reason.
     * The same message may be processed more than once (a worker killed after the work but
       before the ack, an expired lease): make ``process`` idempotent, e.g. keyed by uuid.
     * One instance handles messages one at a time; it is created with no arguments.

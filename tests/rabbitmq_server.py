@@ -127,6 +127,23 @@ class RabbitNode:
             socket_timeout=timeout, stack_timeout=timeout, connection_attempts=1,
         )
 
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl -n NODE ARGS`` against this node; return its output."""
+        done = subprocess.run(
+            [str(self.sbin / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env(), cwd=self.workdir, capture_output=True, text=True, timeout=START_GUARD, check=True,
+        )
+        return done.stdout
+
+    def pause(self) -> None:
+        """SIGSTOP the broker: connections stay open, nothing is answered (a stalled broker)."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals) -> None:
         if self.pid is None:
             return

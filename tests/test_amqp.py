@@ -183,10 +183,10 @@ def test_outbox_settings(make_config: MakeConfig) -> None:
     assert first is not None
     assert (first.exchange, first.routing_key, first.enabled) == ("promo", "OUTBOX", False)
     assert first.endpoint.display() == "amqp://app@rabbit.example:5673/promo" and first.endpoint.heartbeat == 10
-    second = outbox_settings(config, "second")  # its own parts replace [amqp]'s uri entirely
+    second = outbox_settings(config, "second")  # each part it gives replaces that part of [amqp]'s
     assert second is not None
     assert (second.endpoint.host, second.endpoint.port, second.endpoint.username, second.endpoint.virtual_host) == (
-        "other.example", 5672, "u2", "v2"
+        "other.example", 5673, "u2", "v2"
     )
     assert outbox_settings(config, "plain") is None
 
@@ -203,6 +203,8 @@ def test_outbox_settings(make_config: MakeConfig) -> None:
         ("[amqp.OUTBOX]\nport = 70000\n", "port = '70000'"),
         ("[amqp.OUTBOX]\nport = abc\n", "port"),
         ("[amqp]\ntimeout = 0\n[amqp.OUTBOX]\n", "timeout = '0'"),
+        ("[amqp]\nheartbeat = 0\n[amqp.OUTBOX]\n", "heartbeat"),
+        ("[amqp.OUTBOX]\nroutingKey =\n", "routingKey is empty"),
     ],
 )
 def test_bad_outbox_settings_name_the_key(make_config: MakeConfig, section: str, fragment: str) -> None:
@@ -211,6 +213,21 @@ def test_bad_outbox_settings_name_the_key(make_config: MakeConfig, section: str,
         outbox_settings(load_config(path), "OUTBOX")
     assert fragment in str(info.value) and str(path) in str(info.value)
     assert "pw" not in str(info.value)
+
+
+def test_a_partial_override_keeps_the_rest_of_amqp(make_config: MakeConfig) -> None:
+    config = load_config(make_config("""
+        [amqp]
+        host = rabbit.example
+        username = promo
+        password = secret
+        [amqp.P2]
+        virtualHost = sales
+        """))
+    settings = outbox_settings(config, "P2")
+    assert settings is not None
+    assert settings.endpoint.display() == "amqp://promo@rabbit.example:5672/sales"
+    assert settings.endpoint.password == "secret"
 
 
 def test_consumer_settings(make_config: MakeConfig) -> None:
@@ -340,6 +357,98 @@ def test_connection_lost_while_idle_costs_no_attempt(
         manager.close()
 
 
+def test_resource_alarm_sends_nothing_to_the_failed_store(make_config: MakeConfig, rabbit: RabbitNode) -> None:
+    """A memory alarm blocks publishers: a blocked publish is a broker fault, retried without end."""
+    target = rq_name()
+    rabbit.declare(target)
+    path = outbox_config(make_config, rabbit, target)
+    path.write_text(path.read_text().replace("timeout = 5", "timeout = 1").replace("retries = 3", "retries = 1"))
+    manager = manager_for(path)
+    try:
+        uid = manager.add_message(OUT, QueueMessage(data="during the alarm"))
+        rabbit.ctl("set_vm_memory_high_watermark", "0.0000001")
+        try:
+            publish_all(manager)  # bounded by the publish time limit (3 x timeout)
+            status = manager.queue_status(OUT)
+            assert (status.failed, status.messages_to_process) == (0, 1)  # retries = 1, yet not failed
+            state = publisher_state(manager, OUT)
+            assert state is not None and state["state"] == "failing" and state["cause"] == "connection"
+        finally:
+            rabbit.ctl("set_vm_memory_high_watermark", "0.4")
+        wait_for(lambda: publish_all(manager) >= 0 and manager.queue_status(OUT).messages_to_process == 0,
+                 "the publish after the alarm")
+        got = [p.message_id for p, _ in rabbit.drain(target)]
+        assert got.count(uid) >= 1 and set(got) == {uid}
+        assert manager.queue_status(OUT).failed == 0
+    finally:
+        manager.close()
+
+
+def test_stalled_broker_is_bounded_by_the_time_limit(make_config: MakeConfig, rabbit: RabbitNode) -> None:
+    """SIGSTOPped broker: the confirm wait ends at the time limit; the message stays queued, never failed."""
+    target = rq_name()
+    rabbit.declare(target)
+    path = outbox_config(make_config, rabbit, target)
+    path.write_text(path.read_text().replace("timeout = 5", "timeout = 1").replace("retries = 3", "retries = 1"))
+    manager = manager_for(path)
+    runner = WorkerRunner(manager, [OUT], burst=True)
+    worker = runner.handlers[OUT].worker
+    assert isinstance(worker, AmqpPublisher)
+    try:
+        manager.add_message(OUT, QueueMessage(data="warm-up"))
+        assert runner.run() == 1  # connected
+        uid = manager.add_message(OUT, QueueMessage(data="stalled"))
+        rabbit.pause()
+        try:
+            t0 = time.monotonic()
+            runner.run()
+            assert time.monotonic() - t0 < HANG_GUARD  # a hang guard, not a measurement
+        finally:
+            rabbit.resume()
+        status = manager.queue_status(OUT)
+        assert status.failed == 0 and status.messages_to_process == 1
+        wait_for(lambda: runner.run() >= 0 and manager.queue_status(OUT).messages_to_process == 0,
+                 "the publish after the stall")
+        got = [p.message_id for p, _ in rabbit.drain(target)]
+        # The stalled publish may still be read by the broker once it runs again: at most one
+        # duplicate, dropped by message_id.
+        assert set(got) == {got[0], uid} and got.count(uid) in (1, 2)
+    finally:
+        worker.close()
+        manager.close()
+
+
+def test_banner_clears_when_the_broker_is_back_even_with_nothing_to_send(
+    make_config: MakeConfig, rabbit: RabbitNode
+) -> None:
+    target = rq_name()
+    rabbit.declare(target)
+    good = outbox_config(make_config, rabbit, target)
+    text = good.read_text()
+    manager = manager_for(good)
+    manager.create_queue(OUT)
+    manager.close()
+    good.write_text(text.replace(f"port = {rabbit.port}", "port = 1"))
+    manager = manager_for(good)
+    try:
+        publish_all(manager)
+        state = publisher_state(manager, OUT)
+        assert state is not None and state["state"] == "failing" and "Connection refused" in state["error"]
+    finally:
+        manager.close()
+    good.write_text(text)
+    assert qengine(good, "amqp", "status").returncode == 1
+    assert qengine(good, "work", OUT, "--burst").returncode == 0
+    proc = qengine(good, "amqp", "status")
+    assert proc.returncode == 0 and "FAILING" not in proc.stdout
+
+
+def test_invalid_outbox_section_is_named(make_config: MakeConfig) -> None:
+    path = make_config("[amqp.bad name!]\nroutingKey = x\n")
+    proc = qengine(path, "amqp", "status")
+    assert proc.returncode != 0 and "[amqp.bad name!]" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_disabled_outbox_keeps_everything_queued(make_config: MakeConfig, rabbit: RabbitNode) -> None:
     target = rq_name()
     rabbit.declare(target)
@@ -409,12 +518,12 @@ def test_consume_acks_after_add_and_keeps_malformed_bodies(make_config: MakeConf
     source = rq_name()
     rabbit.declare(source)
     bodies = [json.dumps({"n": i}).encode() for i in range(30)]
-    bad = [b"not json {", b"\xff\xfe\x00 binary", b""]
-    rabbit.publish(source, bodies[:10] + bad + bodies[10:], message_ids=[None] * 33)
+    bad = [b"not json {", b"\xff\xfe\x00 binary", b"", b"[" * 100_000 + b"]" * 100_000]
+    rabbit.publish(source, bodies[:10] + bad + bodies[10:], message_ids=[None] * 34)
     config = inbox_config(make_config, rabbit)
     proc = qengine(config, "amqp", "consume", source, "--into", INBOX, "--burst", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"source": source, "into": INBOX, "handled": 33, "added": 30, "malformed": 3}
+    assert json.loads(proc.stdout) == {"source": source, "into": INBOX, "handled": 34, "added": 30, "malformed": 4}
     assert rabbit.depth(source) == 0  # all acked
     manager = manager_for(config)
     try:
