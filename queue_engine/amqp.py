@@ -685,7 +685,7 @@ class AmqpPublisher(Worker):
         """Connected: a recorded connection failure or a stale ``disabled`` no longer holds."""
         current = self._state
         if current is None:
-            recorded = publisher_state(self.manager, self.queue) or {}
+            recorded = self._recorded()
             stale = recorded.get("state") == "disabled" or (
                 recorded.get("state") == "failing" and recorded.get("cause") == "connection"
             )
@@ -694,6 +694,14 @@ class AmqpPublisher(Worker):
         elif current[0] == "disabled" or (current[0] == "failing" and self._cause == "connection"):
             self._set_state("ok", None)
 
+    def _recorded(self) -> dict[str, Any]:
+        """The state recorded by an earlier run; {} if none or unreadable (never raises)."""
+        try:
+            return publisher_state(self.manager, self.queue) or {}
+        except QueueEngineError as exc:
+            logger.warning("%s: could not read the publisher state: %s", self.queue, exc)
+            return {}
+
     def _set_state(self, state: str, error: str | None, *, cause: str | None = None) -> None:
         """Record a change of state in the queue meta; repeats write nothing (the hot path)."""
         if self._state == (state, error):
@@ -701,14 +709,12 @@ class AmqpPublisher(Worker):
         previous = self._state
         self._state = (state, error)
         self._cause = cause
-        if state == "ok" and previous is None:
-            current = publisher_state(self.manager, self.queue)
-            if current is None or current.get("state") == "ok":
-                return  # nothing to clear
+        if state == "ok" and previous is None and self._recorded().get("state", "ok") == "ok":
+            return  # nothing to clear
         if previous is None or previous[0] != state:
             # "since" is when this state began: a new error text during one outage keeps it
-            recorded = publisher_state(self.manager, self.queue) if previous is None else None
-            if recorded is not None and recorded.get("state") == state and recorded.get("since"):
+            recorded = self._recorded() if previous is None else {}
+            if recorded.get("state") == state and recorded.get("since"):
                 self._since = str(recorded["since"])
             else:
                 self._since = datetime.now(timezone.utc).isoformat(timespec="seconds")
