@@ -272,20 +272,12 @@ def _source(config: Config | None) -> str:
     return str(config.source) if config is not None and config.source is not None else "configuration"
 
 
-def _section_name(config: Config, name: str) -> str | None:
-    """The section called ``name`` exactly, else the only one matching it case-insensitively."""
-    if config.parser.has_section(name):
-        return name
-    matches = [s for s in config.parser.sections() if s.lower() == name.lower()]
-    return matches[0] if len(matches) == 1 else None
-
-
 def _section(config: Config | None, name: str, *, refuse: tuple[str, ...] = ()) -> tuple[dict[str, str], str]:
     """The keys of ``[name]`` (canonical spelling -> unquoted value) and the error prefix."""
     prefix = f"{_source(config)}: [{name}]"
     if config is None:
         return {}, prefix
-    found = _section_name(config, name)
+    found = config.find_section(name)
     if found is None:
         return {}, prefix
     prefix = f"{_source(config)}: [{found}]"
@@ -392,7 +384,7 @@ def outbox_settings(config: Config | None, queue: str) -> OutboxSettings | None:
     both as ``uri`` and as parts.
     """
     validate_queue_name(queue)
-    if config is None or _section_name(config, f"amqp.{queue}") is None:
+    if config is None or config.find_section(f"amqp.{queue}") is None:
         return None
     shared, shared_prefix = _section(config, "amqp", refuse=_OUTBOX_ONLY)
     base = _endpoint(shared, shared_prefix, None)

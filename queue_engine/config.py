@@ -108,6 +108,16 @@ class Config:
         wanted = key.lower()
         return next((_unquote(v) for k, v in self.parser.items(section) if k.lower() == wanted), None)
 
+    def find_section(self, name: str) -> str | None:
+        """The section called ``name`` exactly, else the only one matching it case-insensitively.
+
+        Per-queue sections (``[worker.QUEUE]``, ``[amqp.QUEUE]``) are looked up this way.
+        """
+        if self.parser.has_section(name):
+            return name
+        matches = [s for s in self.parser.sections() if s.lower() == name.lower()]
+        return matches[0] if len(matches) == 1 else None
+
     def where(self, section: str, key: str) -> str:
         """``<file>: [section] key``, the prefix of error messages about that setting."""
         return f"{self.source if self.source is not None else 'configuration'}: [{section}] {key}"

@@ -257,7 +257,7 @@ def load_worker(
 
 
 def _outbox(queue: str, config: Config | None, manager: QueueManager | None) -> Worker | None:
-    if config is None or not any(s.lower() == f"amqp.{queue}".lower() for s in config.parser.sections()):
+    if config is None or config.find_section(f"amqp.{queue}") is None:
         return None  # pika is imported only for configured outboxes
     from .amqp import AmqpPublisher, outbox_settings
     from .retry import backoff_from_config

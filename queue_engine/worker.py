@@ -154,12 +154,11 @@ def worker_section(config: Config | None, queue: str) -> tuple[dict[str, str], s
     if config is None:
         return {}, prefix
     parser = config.parser
-    if not parser.has_section(name):
-        matches = [s for s in parser.sections() if s.lower() == name.lower()]
-        if len(matches) != 1:
-            return {}, prefix
-        name = matches[0]
-        prefix = f"{_source(config)}: [{name}]"
+    found = config.find_section(name)
+    if found is None:
+        return {}, prefix
+    if found != name:
+        name, prefix = found, f"{_source(config)}: [{found}]"
     canonical = {k.lower(): k for k in WORKER_KEYS}
     out: dict[str, str] = {}
     for key, raw in parser.items(name):

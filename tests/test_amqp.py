@@ -95,6 +95,14 @@ def outbox_config(make_config: MakeConfig, node: RabbitNode, routing_key: str, m
     )
 
 
+def strict_outbox_config(make_config: MakeConfig, node: RabbitNode, routing_key: str) -> Path:
+    """An outbox with ``retries = 1`` (any failure that counted would fail the message) and
+    ``timeout = 1`` (a publish time limit of 3 s)."""
+    path = outbox_config(make_config, node, routing_key)
+    path.write_text(path.read_text().replace("timeout = 5", "timeout = 1").replace("retries = 3", "retries = 1"))
+    return path
+
+
 def manager_for(config: Path) -> QueueManager:
     return QueueFactory.get_queue_manager(config)
 
@@ -361,8 +369,7 @@ def test_resource_alarm_sends_nothing_to_the_failed_store(make_config: MakeConfi
     """A memory alarm blocks publishers: a blocked publish is a broker fault, retried without end."""
     target = rq_name()
     rabbit.declare(target)
-    path = outbox_config(make_config, rabbit, target)
-    path.write_text(path.read_text().replace("timeout = 5", "timeout = 1").replace("retries = 3", "retries = 1"))
+    path = strict_outbox_config(make_config, rabbit, target)
     manager = manager_for(path)
     try:
         uid = manager.add_message(OUT, QueueMessage(data="during the alarm"))
@@ -388,8 +395,7 @@ def test_stalled_broker_is_bounded_by_the_time_limit(make_config: MakeConfig, ra
     """SIGSTOPped broker: the confirm wait ends at the time limit; the message stays queued, never failed."""
     target = rq_name()
     rabbit.declare(target)
-    path = outbox_config(make_config, rabbit, target)
-    path.write_text(path.read_text().replace("timeout = 5", "timeout = 1").replace("retries = 3", "retries = 1"))
+    path = strict_outbox_config(make_config, rabbit, target)
     manager = manager_for(path)
     runner = WorkerRunner(manager, [OUT], burst=True)
     worker = runner.handlers[OUT].worker
