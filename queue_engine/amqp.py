@@ -69,7 +69,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from .config import Config, parse_int
+from .config import Config, parse_bool, parse_int
 from .daemon import Daemon
 from .errors import (
     ConfigurationError,
@@ -134,8 +134,6 @@ DEFAULT_RETRIES = 10
 DEFAULT_BACKOFF: Backoff = ExponentialBackoff(base=1.0, factor=2.0, max_delay=300.0)
 #: Seconds of publisher silence after which it services the connection (heartbeats, closes).
 _SERVICE_EVERY = 5.0
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 #: Errors pika raises for a broker that cannot be reached or went away.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
@@ -335,12 +333,7 @@ def _endpoint(section: Mapping[str, str], prefix: str, fallback: Endpoint | None
 
 
 def _bool(section: Mapping[str, str], key: str, prefix: str, default: bool) -> bool:
-    if key not in section:
-        return default
-    raw = section[key].strip().lower()
-    if raw not in _TRUE + _FALSE:
-        raise ConfigurationError(f"{prefix} {key} = {section[key]!r}: use true or false")
-    return raw in _TRUE
+    return parse_bool(f"{prefix} {key}", section[key]) if key in section else default
 
 
 def consumer_settings(config: Config | None, *, uri: str | None = None) -> tuple[Endpoint, int]:

@@ -54,6 +54,18 @@ def parse_float(where: str, raw: str, *, minimum: float = 0.0) -> float:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(where: str, raw: str, *, hint: str = ": use true or false") -> bool:
+    """true/false, 1/0, yes/no, on/off (any case), or a ConfigurationError ``<where> = <raw><hint>``."""
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ConfigurationError(f"{where} = {raw!r}{hint}")
+    return value in _TRUE
+
+
 def parse_int(where: str, raw: str, *, minimum: int = 0) -> int:
     """A whole number >= ``minimum`` or a ConfigurationError naming ``where`` and the value."""
     try:

@@ -38,7 +38,7 @@ from typing import Any
 
 import platformdirs
 
-from .config import APP_NAME, Config
+from .config import APP_NAME, Config, parse_bool
 from .errors import ConfigurationError, QueueEngineError, StorageError
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, to_epoch, validate_queue_name
@@ -50,8 +50,6 @@ logger = logging.getLogger("qengine.contingency")
 
 _NAME = re.compile(r"(\d{20})-([0-9a-f-]{36})\.json")
 _FORMAT = 1
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def broker_active(config: Config | None) -> bool:
@@ -59,14 +57,8 @@ def broker_active(config: Config | None) -> bool:
     raw = None if config is None else config.setting("queue", "brokerActive")
     if raw is None:
         return True
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
     assert config is not None
-    where = config.where("queue", "brokerActive")
-    raise ConfigurationError(f"{where} = {raw!r}; valid: true, false (or 1, 0, yes, no)")
+    return parse_bool(config.where("queue", "brokerActive"), raw, hint="; valid: true, false (or 1, 0, yes, no)")
 
 
 def spool_dir(config: Config) -> Path:

@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from .config import Config, parse_int
+from .config import Config, parse_bool, parse_int
 from .errors import ConfigurationError, InvalidMessage, QueueEngineError, QueueNotFound, Unrecoverable
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, validate_queue_name
@@ -278,8 +278,6 @@ class HookSettings:
     on_failure: FailureCallback | None = None
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def hook_settings(config: Config | None) -> HookSettings:
@@ -300,10 +298,7 @@ def hook_settings(config: Config | None) -> HookSettings:
         section[known] = raw
     active = True
     if "active" in section:
-        raw = section["active"].strip().lower()
-        if raw not in _TRUE + _FALSE:
-            raise ConfigurationError(f"{prefix} active = {section['active']!r}: use 1 (queued) or 0 (direct)")
-        active = raw in _TRUE
+        active = parse_bool(f"{prefix} active", section["active"], hint=": use 1 (queued) or 0 (direct)")
     retries = DEFAULT_RETRIES
     if "retries" in section:
         retries = parse_int(f"{prefix} retries", section["retries"], minimum=1)
