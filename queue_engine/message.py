@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from . import codec
 from .errors import InvalidMessage, InvalidQueueName
 
 __all__ = [
@@ -36,6 +37,9 @@ class ExecutionMode(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+_MODES: dict[object, ExecutionMode] = {mode.value: mode for mode in ExecutionMode}
 
 
 def validate_queue_name(name: object) -> str:
@@ -75,7 +79,16 @@ def encode_data(data: Any) -> str:
     Only what JSON can hold is accepted: dict (string keys), list, str, int, float
     (finite), bool and None. Tuples are refused rather than silently turned into lists.
     """
-    _check_json(data, 0)
+    if _plain(data, 0):
+        # Only exact JSON types, keys strings, within the depth: what is left to refuse is a
+        # non-finite float (dumps raises) or a lone surrogate (the ASCII test or encode fails).
+        try:
+            text = codec.dumps(data)
+            if text.isascii() or _is_encodable(text):
+                return text
+        except ValueError:
+            pass
+    _check_json(data, 0)  # the slow walk names what is wrong
     try:
         return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - _check_json catches these
@@ -83,6 +96,28 @@ def encode_data(data: Any) -> str:
 
 
 _MAX_DEPTH = 200
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when ``value`` holds only exact dict/list/str/int/float/bool/None, string keys,
+    nested at most _MAX_DEPTH deep (a fast test; False sends the caller to _check_json)."""
+    cls = value.__class__
+    if cls in _SCALARS:
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if cls is dict:
+        for key, item in value.items():
+            if key.__class__ is not str or (item.__class__ not in _SCALARS and not _plain(item, depth + 1)):
+                return False
+        return True
+    if cls is list:
+        for item in value:
+            if item.__class__ not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _check_json(value: Any, depth: int) -> None:
@@ -218,11 +253,14 @@ class QueueMessage:
         msg.alias = record.get("alias")
         msg.data = record.get("data")
         msg.retries = record.get("retries", 0)
-        msg.execution_mode = ExecutionMode(record.get("execution_mode", "immediate"))
-        msg.deferred_until = from_epoch(record.get("deferred_until"))
+        mode = record.get("execution_mode", "immediate")
+        msg.execution_mode = _MODES.get(mode) or ExecutionMode(mode)  # the call raises for a bad one
+        deferred = record.get("deferred_until")
+        msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, tz=timezone.utc)
         msg.disabled = bool(record.get("disabled", False))
         msg.username = record.get("username")
-        msg.inserted_at = from_epoch(record.get("inserted_at"))
+        inserted = record.get("inserted_at")
+        msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, tz=timezone.utc)
         msg.attempts = attempts
         msg.queue = queue
         return msg

@@ -33,6 +33,7 @@ __all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "en
 MAGIC = b"qE"
 HEADER = struct.Struct("<2sBBIQQQI")
 _PREFIX = struct.Struct("<2sBBIQQQ")  # the header without its crc
+_CRC = struct.Struct("<I")
 HEADER_SIZE = HEADER.size  # 36
 
 
@@ -92,8 +93,7 @@ class Header(NamedTuple):
 def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int = 0, ts: int = 0) -> bytes:
     """Frame one record."""
     prefix = _PREFIX.pack(MAGIC, rtype, flags, len(body), seq, arg, ts)
-    crc = zlib.crc32(body, zlib.crc32(prefix))
-    return prefix + struct.pack("<I", crc) + body
+    return prefix + _CRC.pack(zlib.crc32(body, zlib.crc32(prefix))) + body
 
 
 def read_header(buf: Buffer, offset: int) -> Header | None:

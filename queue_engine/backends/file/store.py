@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from ... import codec
 from ...errors import (
     CorruptionError,
     DuplicateAlias,
@@ -64,6 +65,8 @@ __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir"]
 _SEAL = encode(RecordType.SEAL, 0)
 _CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
 _HOLDER_CHECK_INTERVAL = 1.0
+_NOTHING_CHECKED = (0, -1, Header(0, 0, 0, 0, 0, 0, 0))
+_NO_BODY = memoryview(b"")  # the body of every record without one (never released)
 _MASK48 = (1 << 48) - 1
 _MIX = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
 _UNMIX = pow(_MIX, -1, 1 << 48)
@@ -180,6 +183,8 @@ class QueueStore:
         self._top = 0  # highest segment number known to exist
         self._next_of: dict[int, int] = {}  # segment -> the one that follows it, where not n+1
         self._reload_on_missing = False
+        #: (segno, offset, header) of a record whose CRC was checked under the current lock
+        self._checked: tuple[int, int, Header] = _NOTHING_CHECKED
         self.dirty = False  # written since the last fdatasync (fsync=batch)
         self.closed = False
         with self._locked():
@@ -282,6 +287,7 @@ class QueueStore:
         except BaseException:
             self._mutex.release()
             raise
+        self._checked = _NOTHING_CHECKED  # a new lock hold checks what it reads again
         try:
             if not self._loaded:
                 self._load()
@@ -587,12 +593,15 @@ class QueueStore:
 
     def _apply(self, h: Header, loc: Loc, mm: Any) -> None:
         self._limit = loc
-        start = loc[1] + HEADER_SIZE
-        body = memoryview(mm)[start : start + h.length] if h.length else memoryview(b"")
-        try:
-            self.view.apply(h, loc, body, self)
-        finally:
-            body.release()
+        if h.length:
+            start = loc[1] + HEADER_SIZE
+            body = memoryview(mm)[start : start + h.length]
+            try:
+                self.view.apply(h, loc, body, self)
+            finally:
+                body.release()
+        else:
+            self.view.apply(h, loc, _NO_BODY, self)
         if h.type == RecordType.SEGMENT:
             bisect.insort(self._seg_starts, (h.seq, loc[0]))
         elif h.type == RecordType.CLEAN:
@@ -646,6 +655,7 @@ class QueueStore:
                 if h.seq not in holes:
                     view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), end
                     view.cursor = (segno, off)
+                    self._checked = (segno, off, h)  # _walk checked it: _read need not again
                     return
                 holes.discard(h.seq)
             cursor = end
@@ -818,11 +828,12 @@ class QueueStore:
     # -- reading messages ---------------------------------------------------------------
     def _read(self, loc: Loc) -> dict[str, Any]:
         seg = self._segment(loc[0])
-        h = self._check(seg, loc[1])
+        checked = self._checked
+        h = checked[2] if checked[0] == loc[0] and checked[1] == loc[1] else self._check(seg, loc[1])
         if not h:
             raise CorruptionError(f"queue {self.name!r}: the record at {str(seg.path)!r} offset {loc[1]} is damaged")
         start = loc[1] + HEADER_SIZE
-        record: dict[str, Any] = json.loads(seg.mm[start : start + h.length])
+        record: dict[str, Any] = codec.loads(seg.mm[start : start + h.length])
         return record
 
     def _has_uuid(self, loc: Loc, uuid: str) -> bool:

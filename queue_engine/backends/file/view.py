@@ -24,6 +24,7 @@ import heapq
 import json
 from typing import Any, Protocol
 
+from ... import codec
 from .records import Flag, Header, RecordType
 
 __all__ = ["Entry", "QueueView", "Loc", "WAITING", "DISABLED", "INFLIGHT", "FAILED"]
@@ -346,12 +347,17 @@ class QueueView:
             self.forget(seq)
             return
         if t == RecordType.RESERVE:
-            e = self._entry_for(seq, loc, log)
-            if e is None:
+            holder = bytes(body).decode("utf-8", "replace")
+            e = self.entries.get(seq)
+            if e is None:  # the usual case: straight from the stream to in flight
+                src = self._leave_stream_for_entry(seq, loc, log)
+                if src is None:
+                    return
+                e = Entry(seq, INFLIGHT, src, attempts=1)
+                e.deadline, e.holder = h.arg, holder
+                self._put_entry(e)
                 return
-            self._change(
-                e, INFLIGHT, deadline=h.arg, holder=bytes(body).decode("utf-8", "replace"), attempts=e.attempts + 1
-            )
+            self._change(e, INFLIGHT, deadline=h.arg, holder=holder, attempts=e.attempts + 1)
             return
         if t in (RecordType.RELEASE, RecordType.EXPIRE):
             e = self.entries.get(seq)
@@ -426,18 +432,26 @@ class QueueView:
         e = self.entries.get(seq)
         if e is not None:
             return e
+        src = self._leave_stream_for_entry(seq, loc, log)
+        if src is None:
+            return None
+        e = Entry(seq, WAITING, src)
+        self._put_entry(e)
+        return e
+
+    def _leave_stream_for_entry(self, seq: int, loc: Loc, log: LogAccess) -> Loc | None:
+        """Take stream message ``seq`` out of the stream by the record at ``loc``, for an entry
+        the caller creates; return where its body is. None when ``seq`` is not in the stream."""
         if not self.in_stream(seq, log):
             return None
         head_loc = self.head_loc if self.head_seq == seq else None
         src = self.updated.get(seq) or head_loc or log.locate(seq)
         self.leave_stream(seq, loc)
-        e = Entry(seq, WAITING, src)
-        self._put_entry(e)
-        return e
+        return src
 
     def _index_names(self, seq: int, body: memoryview, flags: int) -> str | None:
         """Index the alias and kept uuid of a message; return its alias."""
-        record = json.loads(bytes(body))
+        record = codec.loads(body)
         alias: str | None = record.get("alias")
         if flags & Flag.ALIAS and alias is not None:
             self.alias_of[seq] = alias
