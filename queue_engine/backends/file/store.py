@@ -649,16 +649,19 @@ class QueueStore:
         view = self.view
         holes = view.holes
         cursor = view.cursor
-        for segno, off, h in self._walk(view.cursor, self._limit):
-            end = (segno, off + HEADER_SIZE + h.length)
+        seg = self._segments.get(cursor[0])
+        if seg is not None and cursor < self._limit:  # the usual case: the head is at the cursor
+            h = self._record(seg, cursor[1])
+            if h and h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM and h.seq not in holes:
+                self._set_head(cursor[0], cursor[1], h)
+                return
+        for segno, off, h in self._walk(cursor, self._limit):
             if h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM:
                 if h.seq not in holes:
-                    view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), end
-                    view.cursor = (segno, off)
-                    self._checked = (segno, off, h)  # _walk checked it: _read need not again
+                    self._set_head(segno, off, h)
                     return
                 holes.discard(h.seq)
-            cursor = end
+            cursor = (segno, off + HEADER_SIZE + h.length)
         view.cursor = cursor
         if view.stream_count:
             # Every applied record was scanned and no ready message is left: the count
@@ -666,6 +669,12 @@ class QueueStore:
             logger.warning("queue %r: %d ready message(s) lost to damage", self.name, view.stream_count)
             view.stream_count = 0
             view.holes.clear()
+
+    def _set_head(self, segno: int, off: int, h: Header) -> None:
+        view = self.view
+        view.head_seq, view.head_loc, view.head_end = h.seq, (segno, off), (segno, off + HEADER_SIZE + h.length)
+        view.cursor = (segno, off)
+        self._checked = (segno, off, h)  # its CRC was checked: _read need not check it again
 
     def locate(self, seq: int) -> Loc:
         """Where the ADD record of stream message ``seq`` is."""
@@ -882,6 +891,8 @@ class QueueStore:
             items: list[tuple[int, int, bytes, int, int]] = []  # (type, seq, body, flags, due)
             batch: dict[str, tuple[int, str, int]] = {}  # alias -> (seq, uuid, item) in this call
             uuids: list[str] = []
+            inserted: datetime | None = None
+            inserted_text = ""
             for msg in messages:
                 data_json = encode_data(msg.data)
                 alias = msg.alias
@@ -926,9 +937,12 @@ class QueueStore:
                     continue
                 # a kept uuid is indexed unless it happens to decode to the seq it gets here
                 msg.uuid = mint_uuid(seq, view.uuid_key)
-                msg.inserted_at = from_epoch(now / 1000)
+                if inserted is None:  # one time for the whole call, converted once
+                    inserted = datetime.fromtimestamp(now / 1000, tz=timezone.utc)
+                    inserted_text = repr(inserted.timestamp())
+                msg.inserted_at = inserted
                 flags = _flags(msg)
-                items.append((RecordType.ADD, seq, _message_body(msg, data_json), flags, _due_ms(msg)))
+                items.append((RecordType.ADD, seq, _message_body(msg, data_json, inserted_text), flags, _due_ms(msg)))
                 if alias is not None:
                     batch[alias] = (seq, msg.uuid, len(items) - 1)
                 uuids.append(msg.uuid)
@@ -1438,10 +1452,14 @@ def _opt_str(value: str | None) -> str:
     return "null" if value is None else _json_str(value)
 
 
-def _message_body(msg: QueueMessage, data_json: str) -> bytes:
-    """The stored form of ``msg`` (QueueMessage.to_record as JSON), built without a dict."""
+def _message_body(msg: QueueMessage, data_json: str, inserted: str = "") -> bytes:
+    """The stored form of ``msg`` (QueueMessage.to_record as JSON), built without a dict.
+
+    ``inserted``: ``repr(msg.inserted_at.timestamp())`` when the caller has it already.
+    """
     deferred = "null" if msg.deferred_until is None else repr(msg.deferred_until.timestamp())
-    inserted = "null" if msg.inserted_at is None else repr(msg.inserted_at.timestamp())
+    if not inserted:
+        inserted = "null" if msg.inserted_at is None else repr(msg.inserted_at.timestamp())
     return (
         f'{{"uuid":{_opt_str(msg.uuid)},"alias":{_opt_str(msg.alias)},"retries":{msg.retries},'
         f'"execution_mode":"{_MODE_NAMES[msg.execution_mode]}","deferred_until":{deferred},'
