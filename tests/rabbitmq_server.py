@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pika
 import pika.exceptions
+from ports import free_port
 
 #: Hang guard for start-up and shut-down; never a performance assertion.
 START_GUARD = 90.0
@@ -33,12 +33,6 @@ def rabbitmq_sbin() -> Path | None:
             return Path(folder)
     found = shutil.which("rabbitmq-server")
     return Path(found).parent if found and "sbin" not in found else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RabbitNode:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+from ports import free_port
 
 #: Hang guard for start-up and shut-down; never a performance assertion.
 START_GUARD = 30.0
@@ -22,13 +22,6 @@ START_GUARD = 30.0
 def redis_server_binary() -> str | None:
     """Path of ``redis-server`` on PATH (or QENGINE_REDIS_SERVER), or None."""
     return os.environ.get("QENGINE_REDIS_SERVER") or shutil.which("redis-server")
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

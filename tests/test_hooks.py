@@ -14,7 +14,6 @@ import hmac
 import inspect
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from ports import free_port
 
 from queue_engine import QueueFactory, QueueManager
 from queue_engine.audit import get_audit_log
@@ -140,12 +140,8 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def down_url() -> str:
-    """A URL on a port nothing listens on: bound, then closed."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}/down"
+    """A URL on a port nothing listens on (below the ephemeral range: no self-connect)."""
+    return f"http://127.0.0.1:{free_port()}/down"
 
 
 # -- config and managers ------------------------------------------------------------------

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import redis
-from redis_server import RedisServer, free_port, redis_server_binary
+from ports import free_port
+from redis_server import RedisServer, redis_server_binary
 
 from queue_engine import ConfigurationError, LeaseLost, QueueFactory, QueueManager, QueueMessage, StorageError
 from queue_engine.audit import AuditRecord, get_audit_log
