@@ -69,7 +69,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from .config import Config, parse_bool, parse_int
+from .config import Config, parse_bool, parse_int, parse_seconds
 from .daemon import Daemon
 from .errors import (
     ConfigurationError,
@@ -297,13 +297,7 @@ def _endpoint(section: Mapping[str, str], prefix: str, fallback: Endpoint | None
         # >= 1: heartbeats are what detects a stalled broker while a confirm or a close is awaited
         heartbeat = parse_int(f"{prefix} heartbeat", section["heartbeat"], minimum=1)
     if "timeout" in section:
-        raw = section["timeout"]
-        try:
-            timeout = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{prefix} timeout = {raw!r} is not a number of seconds") from None
-        if not (math.isfinite(timeout) and 0 < timeout <= 300):
-            raise ConfigurationError(f"{prefix} timeout = {raw!r} must be > 0 and <= 300 seconds")
+        timeout = parse_seconds(f"{prefix} timeout", section["timeout"], maximum=300)
     parts = [k for k in CONNECTION_KEYS[1:] if k in section]
     if "uri" in section:
         if parts:

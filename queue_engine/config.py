@@ -15,6 +15,7 @@ No file at all is fine: every key has a default. Keyword settings (snake_case, e
 from __future__ import annotations
 
 import configparser
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -74,6 +75,17 @@ def parse_int(where: str, raw: str, *, minimum: int = 0) -> int:
         raise ConfigurationError(f"{where} = {raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigurationError(f"{where} = {raw!r} must be >= {minimum}")
+    return value
+
+
+def parse_seconds(where: str, raw: str, *, maximum: float) -> float:
+    """A finite number of seconds in (0, ``maximum``] or a ConfigurationError naming ``where`` and the value."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{where} = {raw!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        raise ConfigurationError(f"{where} = {raw!r} must be > 0 and <= {maximum:g} seconds")
     return value
 
 

@@ -47,7 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from .config import Config, parse_bool, parse_int
+from .config import Config, parse_bool, parse_int, parse_seconds
 from .errors import ConfigurationError, InvalidMessage, QueueEngineError, QueueNotFound, Unrecoverable
 from .manager import QueueManager
 from .message import QueueMessage, encode_data, validate_queue_name
@@ -304,13 +304,7 @@ def hook_settings(config: Config | None) -> HookSettings:
         retries = parse_int(f"{prefix} retries", section["retries"], minimum=1)
     timeout = DEFAULT_TIMEOUT
     if "timeout" in section:
-        raw = section["timeout"]
-        try:
-            timeout = float(raw)
-        except ValueError:
-            raise ConfigurationError(f"{prefix} timeout = {raw!r} is not a number of seconds") from None
-        if not (math.isfinite(timeout) and 0 < timeout <= _MAX_TIMEOUT):
-            raise ConfigurationError(f"{prefix} timeout = {raw!r} must be > 0 and <= {_MAX_TIMEOUT:g} seconds")
+        timeout = parse_seconds(f"{prefix} timeout", section["timeout"], maximum=_MAX_TIMEOUT)
     backoff = backoff_from_config(section, prefix) or DEFAULT_BACKOFF
     on_success = resolve_callable(section["onSuccess"], f"{prefix} onSuccess") if "onSuccess" in section else None
     on_failure = resolve_callable(section["onFailure"], f"{prefix} onFailure") if "onFailure" in section else None
