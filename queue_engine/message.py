@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import getpass
 import json
 import math
@@ -40,6 +39,10 @@ class ExecutionMode(str, Enum):
 
 
 _MODES: dict[object, ExecutionMode] = {mode.value: mode for mode in ExecutionMode}
+# Plain module names for the members: ``ExecutionMode.DEFERRED`` goes through the enum
+# metaclass on every access, which costs more than the rest of a message's validation.
+_UTC = timezone.utc
+_DEFERRED = ExecutionMode.DEFERRED
 
 
 def validate_queue_name(name: object) -> str:
@@ -154,13 +157,18 @@ def _is_encodable(text: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
+_USERNAME = ""  # the OS user, once looked up
+
+
 def _default_username() -> str:
     """The OS user, looked up once per process (getpass reads env and passwd: ~10us)."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry, no env vars: fall back rather than fail an add
-        return "unknown"
+    global _USERNAME
+    if not _USERNAME:
+        try:
+            _USERNAME = getpass.getuser()
+        except Exception:  # no passwd entry, no env vars: fall back rather than fail an add
+            _USERNAME = "unknown"
+    return _USERNAME
 
 
 @dataclass
@@ -219,12 +227,12 @@ class QueueMessage:
         if self.deferred_until is not None:
             if not isinstance(self.deferred_until, datetime):
                 raise InvalidMessage(f"invalid deferred_until {self.deferred_until!r}: a datetime is required")
-            self.execution_mode = ExecutionMode.DEFERRED
-        elif self.execution_mode is ExecutionMode.DEFERRED:
+            self.execution_mode = _DEFERRED
+        elif self.execution_mode is _DEFERRED:
             raise InvalidMessage("execution_mode 'deferred' needs deferred_until")
         username = self.username
         if username is None:
-            self.username = _default_username()
+            self.username = _USERNAME or _default_username()
         elif username.__class__ is not str or len(username) > 256 or not _is_encodable(username):
             raise InvalidMessage(f"invalid username {username!r}: a string of at most 256 characters")
 
@@ -256,11 +264,11 @@ class QueueMessage:
         mode = record.get("execution_mode", "immediate")
         msg.execution_mode = _MODES.get(mode) or ExecutionMode(mode)  # the call raises for a bad one
         deferred = record.get("deferred_until")
-        msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, tz=timezone.utc)
+        msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, _UTC)
         msg.disabled = bool(record.get("disabled", False))
         msg.username = record.get("username")
         inserted = record.get("inserted_at")
-        msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, tz=timezone.utc)
+        msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, _UTC)
         msg.attempts = attempts
         msg.queue = queue
         return msg

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import HEADER_SIZE, MAGIC, VALID_TYPES, RecordType, body_valid, read_header
+from .records import HEADER_SIZE, MAGIC, RecordType, check
 
 __all__ = ["FsckReport", "check_queue"]
 
@@ -45,27 +45,13 @@ class FsckReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _valid(mm: mmap.mmap, size: int, off: int) -> Any:
-    if off + HEADER_SIZE > size:
-        return None
-    try:
-        h = read_header(mm, off)
-    except (ValueError, struct.error):
-        return False
-    if h is None:
-        return None
-    if h.type not in VALID_TYPES or not body_valid(mm, off, h):
-        return False
-    return h
-
-
 def _next_valid(mm: mmap.mmap, size: int, start: int) -> int | None:
     pos = start
     while True:
         pos = mm.find(MAGIC, pos)
         if pos < 0 or pos + HEADER_SIZE > size:
             return None
-        if _valid(mm, size, pos):
+        if check(mm, pos, size):
             return pos
         pos += 1
 
@@ -102,14 +88,14 @@ def _check_segment(log_dir: Path, segno: int, *, last: bool, report: FsckReport)
         report.problems.append(f"{path.name}: empty")
         return
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
-        first = _valid(mm, size, 0)
+        first = check(mm, 0, size)
         if not first or first.type != RecordType.SEGMENT:
             report.problems.append(f"{path.name}: does not start with a segment record (not a segment)")
             return
         adds: dict[int, int] = {}
         off, sealed = 0, False
         while True:
-            h = _valid(mm, size, off)
+            h = check(mm, off, size)
             if h is None:
                 break
             if h is False:

@@ -24,11 +24,13 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
-__all__ = ["Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "body_valid"]
+__all__ = [
+    "Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "body_valid", "check"
+]
 
 MAGIC = b"qE"
 HEADER = struct.Struct("<2sBBIQQQI")
@@ -93,7 +95,13 @@ class Header(NamedTuple):
 def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int = 0, ts: int = 0) -> bytes:
     """Frame one record."""
     prefix = _PREFIX.pack(MAGIC, rtype, flags, len(body), seq, arg, ts)
-    return prefix + _CRC.pack(zlib.crc32(body, zlib.crc32(prefix))) + body
+    if not body:
+        return prefix + _CRC.pack(zlib.crc32(prefix))
+    return b"".join((prefix, _CRC.pack(zlib.crc32(body, zlib.crc32(prefix))), body))
+
+
+_new_header = tuple.__new__  # Header from the unpacked fields without namedtuple's Python-level __new__
+_NO_MAGIC = b"\x00\x00"
 
 
 def read_header(buf: Buffer, offset: int) -> Header | None:
@@ -101,19 +109,40 @@ def read_header(buf: Buffer, offset: int) -> Header | None:
 
     Raises ValueError for bytes that are neither zero nor a record header.
     """
-    magic, rtype, flags, length, seq, arg, ts, crc = HEADER.unpack_from(buf, offset)
-    if magic != MAGIC:
-        if magic == b"\x00\x00":
+    fields = HEADER.unpack_from(buf, offset)
+    if fields[0] != MAGIC:
+        if fields[0] == _NO_MAGIC:
             return None
-        raise ValueError(f"bad record magic {magic!r} at offset {offset}")
-    return Header(rtype, flags, length, seq, arg, ts, crc)
+        raise ValueError(f"bad record magic {fields[0]!r} at offset {offset}")
+    header: Header = _new_header(Header, fields[1:])
+    return header
 
 
 def body_valid(buf: Buffer, offset: int, header: Header) -> bool:
     """True when the record at ``offset`` is complete and its CRC matches."""
     start = offset + HEADER_SIZE
-    view = memoryview(buf)
-    if start + header.length > len(view):
+    end = start + header.length
+    if end > len(buf):
         return False
-    crc = zlib.crc32(view[offset : offset + HEADER_SIZE - 4])
-    return zlib.crc32(view[start : start + header.length], crc) == header.crc
+    return zlib.crc32(buf[start:end], zlib.crc32(buf[offset : start - 4])) == header.crc
+
+
+def check(buf: Buffer, offset: int, size: int) -> Header | None | Literal[False]:
+    """The valid record at ``offset`` of ``buf`` (of ``size`` bytes): its header; None where
+    nothing was written; False where the bytes are not a complete record with a matching CRC.
+
+    :func:`read_header` and :func:`body_valid` in one call (every reader of the log runs it).
+    """
+    if offset + HEADER_SIZE > size:
+        return None
+    fields = HEADER.unpack_from(buf, offset)
+    if fields[0] != MAGIC:
+        return None if fields[0] == _NO_MAGIC else False
+    header: Header = _new_header(Header, fields[1:])
+    start = offset + HEADER_SIZE
+    end = start + header.length
+    if end > size or header.type not in VALID_TYPES:
+        return False
+    if zlib.crc32(buf[start:end], zlib.crc32(buf[offset : start - 4])) != header.crc:
+        return False
+    return header

@@ -50,11 +50,12 @@ from ...errors import (
     StorageError,
 )
 from ...manager import MessageFilter
-from ...message import ExecutionMode, QueueMessage, encode_data, from_epoch
+from ...message import _DEFERRED, ExecutionMode, QueueMessage, encode_data, from_epoch
 from ...permissions import PRIVATE, Modes, check_data_dir
 from ...process import start_ticks
 from ...status import FailedMessage, MessageRef, QueueStatus
-from .records import HEADER_SIZE, MAGIC, VALID_TYPES, Flag, Header, RecordType, body_valid, encode, read_header
+from .records import HEADER_SIZE, MAGIC, Flag, Header, RecordType, encode, read_header
+from .records import check as check_record
 from .segments import MIN_ADD_SIZE, Segment, create_segment, fsync_dir, segment_path
 from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
 
@@ -65,7 +66,10 @@ __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir"]
 _SEAL = encode(RecordType.SEAL, 0)
 _CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
 _HOLDER_CHECK_INTERVAL = 1.0
+_MAX_LEASES = 4096  # reservations remembered per handle (a cache)
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 _NOTHING_CHECKED = (0, -1, Header(0, 0, 0, 0, 0, 0, 0))
+_UTC = timezone.utc
 _NO_BODY = memoryview(b"")  # the body of every record without one (never released)
 _MASK48 = (1 << 48) - 1
 _MIX = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
@@ -110,10 +114,9 @@ def _now_ms() -> int:
 _own_token: tuple[int, str] = (0, "")
 
 
-def _own_process_token() -> str:
-    """This process's token, read once per process."""
+def _own_process_token(pid: int) -> str:
+    """This process's token (``pid`` is this process's, known to the caller), read once per process."""
     global _own_token
-    pid = os.getpid()
     if _own_token[0] != pid:
         _own_token = (pid, _process_token(pid) or f"{pid}:0")
     return _own_token[1]
@@ -140,21 +143,6 @@ def init_queue_dir(path: Path, attributes: dict[str, Any], segment_size: int, mo
     create_segment(path / "log", 1, segment_size, 1, head, modes)
 
 
-class _Guard:
-    """Context manager for QueueStore._locked (a class: cheaper than @contextmanager)."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, store: QueueStore) -> None:
-        self._store = store
-
-    def __enter__(self) -> QueueView:
-        return self._store._enter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._store._exit()
-
-
 class QueueStore:
     """An open queue. Thread-safe; after ``fork`` the child reopens its own descriptors."""
 
@@ -169,7 +157,6 @@ class QueueStore:
         self.segment_size = segment_size
         self.modes = modes
         self._mutex = threading.Lock()
-        self._guard = _Guard(self)
         self._pid = -1
         self._lock_fd = -1
         self._segments: dict[int, Segment] = {}
@@ -185,6 +172,8 @@ class QueueStore:
         self._reload_on_missing = False
         #: (segno, offset, header) of a record whose CRC was checked under the current lock
         self._checked: tuple[int, int, Header] = _NOTHING_CHECKED
+        #: uuid -> seq of messages reserved through this handle (a cache: saves parsing the uuid)
+        self._leases: dict[str, int] = {}
         self.dirty = False  # written since the last fdatasync (fsync=batch)
         self.closed = False
         with self._locked():
@@ -272,9 +261,9 @@ class QueueStore:
                     raise StorageError(f"cannot sync {str(seg.path)!r}: {exc.strerror}") from None
 
     # -- locking and syncing ------------------------------------------------------------
-    def _locked(self) -> _Guard:
+    def _locked(self) -> QueueStore:
         """``with store._locked() as view:`` holds the queue lock with the view up to date."""
-        return self._guard
+        return self
 
     def _enter(self) -> QueueView:
         self._mutex.acquire()
@@ -283,7 +272,10 @@ class QueueStore:
                 raise StorageError(f"queue {self.name!r} is closed")
             if self._pid != os.getpid():
                 self._open()  # new process (fork): descriptors and flock are not ours
-            self._flock()
+            try:
+                fcntl.flock(self._lock_fd, _LOCK_EX_NB)
+            except BlockingIOError:
+                self._flock()
         except BaseException:
             self._mutex.release()
             raise
@@ -297,7 +289,7 @@ class QueueStore:
             raise
         return self.view
 
-    def _exit(self) -> None:
+    def _exit(self, *exc: object) -> None:
         try:
             if len(self._segments) > 2:
                 self._unmap_idle()
@@ -305,13 +297,14 @@ class QueueStore:
         finally:
             self._mutex.release()
 
+    # The store is its own lock guard, used through _locked(): cheaper on every operation
+    # than @contextmanager or a separate guard object.
+    __enter__ = _enter
+    __exit__ = _exit
+
     def _flock(self) -> None:
+        """Wait for the queue's flock, which another process holds (see :meth:`_enter`)."""
         fd = self._lock_fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
         # The holder keeps the lock for microseconds: yield first, then back off gently.
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.0
@@ -321,7 +314,7 @@ class QueueStore:
             else:
                 os.sched_yield()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, _LOCK_EX_NB)
                 return
             except BlockingIOError:
                 pass
@@ -430,17 +423,7 @@ class QueueStore:
     # -- reading the log, and repairing what is damaged -----------------------------------
     def _check(self, seg: Segment, off: int) -> Header | None | Literal[False]:
         """The valid record at ``off``; None where nothing was written; False if damaged."""
-        if off + HEADER_SIZE > seg.size:
-            return None
-        try:
-            h = read_header(seg.mm, off)
-        except (ValueError, struct.error):
-            return False
-        if h is None:
-            return None
-        if h.type not in VALID_TYPES or not body_valid(seg.mm, off, h):
-            return False
-        return h
+        return check_record(seg.mm, off, seg.size)
 
     def _record(self, seg: Segment, off: int) -> Header | None:
         """The record at ``off`` (None at the end of written data), repairing damage first.
@@ -651,7 +634,9 @@ class QueueStore:
         cursor = view.cursor
         seg = self._segments.get(cursor[0])
         if seg is not None and cursor < self._limit:  # the usual case: the head is at the cursor
-            h = self._record(seg, cursor[1])
+            h = check_record(seg.mm, cursor[1], seg.size)
+            if h is False:
+                h = self._record(seg, cursor[1])  # damaged: repair, then read again
             if h and h.type == RecordType.ADD and not h.flags & Flag.NOT_STREAM and h.seq not in holes:
                 self._set_head(cursor[0], cursor[1], h)
                 return
@@ -718,16 +703,8 @@ class QueueStore:
         Returns the segment written, for an fsync outside the lock.
         """
         data = b"".join(records) if len(records) > 1 else records[0]
-        segno, off = self.view.position
-        seg = self._segment(segno)
-        if off + len(data) + len(_SEAL) > seg.size:
-            seg = self._roll(seg, off, len(data))
-            segno, off = self.view.position
-        seg.write(off, data)
-        for seq, rel in add_seqs:
-            seg.index_put(seq, off + rel)
-        if self.fsync == "batch":
-            self.dirty = True
+        seg, off = self._write(data, add_seqs)
+        segno = seg.segno
         # Apply what we just wrote from our own bytes: they are valid by construction and,
         # holding the lock, nobody else can have written after them.
         pos = 0
@@ -737,16 +714,36 @@ class QueueStore:
             assert h is not None
             self._apply(h, (segno, off + pos), mm)
             pos += HEADER_SIZE + h.length
+        self._written(segno, off + pos, pos)
+        return seg
+
+    def _write(self, data: bytes, add_seqs: Sequence[tuple[int, int]] = ()) -> tuple[Segment, int]:
+        """Write ``data`` (whole records) at the end of the log, rolling to a new segment
+        first if it does not fit; return the segment and offset written. The caller applies
+        the records, then calls :meth:`_written`."""
+        segno, off = self.view.position
+        seg = self._segments.get(segno) or self._segment(segno)
+        if off + len(data) + len(_SEAL) > seg.size:
+            seg = self._roll(seg, off, len(data))
+            off = self.view.position[1]
+        seg.write(off, data)
+        for seq, rel in add_seqs:
+            seg.index_put(seq, off + rel)
+        if self.fsync == "batch":
+            self.dirty = True
+        return seg, off
+
+    def _written(self, segno: int, end: int, size: int) -> None:
+        """After :meth:`_write` and applying its records: the log now ends at ``end``."""
         view = self.view
-        view.position = (segno, off + pos)
-        self._since_checkpoint += pos
+        view.position = (segno, end)
+        self._since_checkpoint += size
         if not self._cleaning and (
             self._since_checkpoint > _CHECKPOINT_BYTES
             # drained: give the space of old segments back now rather than at the next roll
             or (len(view.segments) > 1 and not view.stream_count and not view.entries)
         ):
             self._checkpoint()
-        return seg
 
     def _roll(self, seg: Segment, off: int, need: int) -> Segment:
         """Start segment N+1 and seal segment N; return the new segment."""
@@ -885,6 +882,10 @@ class QueueStore:
     # -- operations ---------------------------------------------------------------------
     def add(self, messages: list[QueueMessage], on_duplicate: str) -> list[str]:
         """Append ``messages`` as one all-or-none group; see QueueManager.add_message."""
+        if len(messages) == 1:
+            msg = messages[0]
+            if msg.alias is None and msg.deferred_until is None and not msg.disabled:
+                return [self._add_ready(msg)]
         with self._locked() as view:
             now = _now_ms()
             seq = view.next_seq
@@ -963,14 +964,47 @@ class QueueStore:
         self.sync_after_write(seg)
         return uuids
 
+    def _add_ready(self, msg: QueueMessage) -> str:
+        """:meth:`add` of one ready message without an alias, the producers' hot path.
+
+        The same record as the general path, with the body built before the lock (but for
+        its uuid and time) and the record applied to the view without reading it back.
+        """
+        data_json = encode_data(msg.data)
+        key = (msg.retries, msg.username)
+        middle = _READY_MIDDLE.get(key)
+        if middle is None:
+            middle = (
+                f',"alias":null,"retries":{msg.retries},"execution_mode":"immediate","deferred_until":null,'
+                f'"disabled":false,"username":{_opt_str(msg.username)},"inserted_at":'
+            )
+            if len(_READY_MIDDLE) < 64:
+                _READY_MIDDLE[key] = middle
+        with self._locked() as view:
+            now = _now_ms()
+            seq = view.next_seq
+            uuid = mint_uuid(seq, view.uuid_key)
+            inserted = now / 1000
+            body = f'{{"uuid":"{uuid}"{middle}{inserted!r},"data":{data_json}}}'.encode()
+            rec = encode(RecordType.ADD, seq, body, ts=now)
+            seg, off = self._write(rec, ((seq, 0),))
+            self._own_applied(seg.segno, off, now)
+            view.added_ready(seq, uuid, now)
+            self._written(seg.segno, off + len(rec), len(rec))
+        msg.uuid = uuid
+        msg.inserted_at = datetime.fromtimestamp(inserted, _UTC)
+        self.sync_after_write(seg)
+        return uuid
+
     def _update_record(self, seq: int, msg: QueueMessage, now: int) -> bytes:
         body = _message_body(msg, encode_data(msg.data))
         return encode(RecordType.UPDATE, seq, body, flags=_flags(msg), arg=_due_ms(msg), ts=now)
 
     def _pick(self, now: int) -> tuple[int, Loc, int] | None:
         view = self.view
-        view.promote_due(now)
-        e = view.first_due()
+        if view.deferred_heap and view.deferred_heap[0][0] <= now:
+            view.promote_due(now)
+        e = view.first_due() if view.due_heap else None
         if view.head_loc is None:
             self._limit = view.position
             self.ensure_head()
@@ -1007,42 +1041,73 @@ class QueueStore:
                 raise
 
     def get(self) -> QueueMessage | None:
-        with self._locked():
+        with self._locked() as view:
             now = _now_ms()
-            self._reap(now)
+            if view.n_inflight:
+                self._reap(now)
             picked = self._pick(now)
             if picked is None:
                 return None
             seq, loc, attempts = picked
             msg = self._message(loc, attempts)
-            seg = self._append([encode(RecordType.TAKE, seq, ts=now)])
+            rec = encode(RecordType.TAKE, seq, ts=now)
+            if seq != view.head_seq or view.head_loc is None:
+                seg = self._append([rec])
+            else:  # the stream's head (the usual case): apply our own record directly
+                seg, off = self._write(rec)
+                self._own_applied(seg.segno, off, now)
+                view.removed_from_stream(seq, (seg.segno, off))
+                self._written(seg.segno, off + HEADER_SIZE, HEADER_SIZE)
         self.sync_after_write(seg)
         return msg
 
     def reserve(self, lease: float) -> QueueMessage | None:
-        with self._locked():
+        with self._locked() as view:
             now = _now_ms()
-            self._reap(now)
+            if view.n_inflight:
+                self._reap(now)
             picked = self._pick(now)
             if picked is None:
                 return None
             seq, loc, attempts = picked
             msg = self._message(loc, attempts + 1)
-            holder = _own_process_token()
+            holder = _own_process_token(self._pid)
             deadline = now + max(1, int(lease * 1000))
-            seg = self._append([encode(RecordType.RESERVE, seq, holder.encode(), arg=deadline, ts=now)])
+            rec = encode(RecordType.RESERVE, seq, holder.encode(), arg=deadline, ts=now)
+            if seq != view.head_seq or view.head_loc is None:
+                seg = self._append([rec])
+            else:  # the stream's head (the usual case): apply our own record directly
+                seg, off = self._write(rec)
+                self._own_applied(seg.segno, off, now)
+                view.reserved_head((seg.segno, off), deadline, holder)
+                self._written(seg.segno, off + len(rec), len(rec))
+            if len(self._leases) >= _MAX_LEASES:
+                self._leases.clear()
+            self._leases[msg.uuid] = seq  # type: ignore[index]  # records always have a uuid
         self.sync_after_write(seg)
         return msg
+
+    def _own_applied(self, segno: int, off: int, ts: int) -> None:
+        """What :meth:`_apply` does first for a record this handle wrote at (segno, off)
+        and applies itself (the operation's hot path), before the view changes."""
+        self._limit = (segno, off)
+        view = self.view
+        if ts > view.last_ts:
+            view.last_ts = ts
 
     def _inflight(self, uuid: str, attempt: int | None) -> Entry:
         """The entry of reservation (``uuid``, ``attempt``), or LeaseLost."""
         view = self.view
         e = None
-        for seq in (seq_of_uuid(uuid, view.uuid_key), view.foreign.get(uuid)):
-            candidate = view.entries.get(seq) if seq is not None else None
-            if candidate is not None and self._has_uuid(candidate.loc, uuid):
-                e = candidate
-                break
+        seq = self._leases.pop(uuid, None)  # reserved through this handle: a known seq
+        if seq is not None:
+            e = view.entries.get(seq)
+        else:
+            for seq in (seq_of_uuid(uuid, view.uuid_key), view.foreign.get(uuid)):
+                candidate = view.entries.get(seq) if seq is not None else None
+                if candidate is not None and self._has_uuid(candidate.loc, uuid):
+                    e = candidate
+                    break
         # A reservation whose lease ended is still the caller's until the message is handed
         # out again (attempts would grow): a late ack or release is accepted until then.
         # EXPIRE keeps the holder, RELEASE clears it: a released message is not ackable.
@@ -1061,7 +1126,11 @@ class QueueStore:
     def ack(self, uuid: str, attempt: int | None) -> None:
         with self._locked():
             e = self._inflight(uuid, attempt)
-            seg = self._append([encode(RecordType.ACK, e.seq, ts=_now_ms())])
+            now = _now_ms()
+            seg, off = self._write(encode(RecordType.ACK, e.seq, ts=now))
+            self._own_applied(seg.segno, off, now)
+            self.view.removed_entry(e)
+            self._written(seg.segno, off + HEADER_SIZE, HEADER_SIZE)
         self.sync_after_write(seg)
 
     def release(self, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
@@ -1429,7 +1498,7 @@ def _as_group(records: list[bytes]) -> list[bytes]:
 
 def _flags(msg: QueueMessage) -> int:
     flags = 0
-    if msg.execution_mode is ExecutionMode.DEFERRED:
+    if msg.execution_mode is _DEFERRED:
         flags |= Flag.DEFERRED
     if msg.disabled:
         flags |= Flag.DISABLED
@@ -1450,6 +1519,10 @@ _MODE_NAMES: dict[object, str] = {mode: mode.value for mode in ExecutionMode}  #
 
 def _opt_str(value: str | None) -> str:
     return "null" if value is None else _json_str(value)
+
+
+#: (retries, username) -> the middle of a ready message's body without alias (see _add_ready)
+_READY_MIDDLE: dict[tuple[int, str | None], str] = {}
 
 
 def _message_body(msg: QueueMessage, data_json: str, inserted: str = "") -> bytes:

@@ -300,6 +300,40 @@ class QueueView:
         else:
             self.holes.add(seq)
 
+    # The writer of a record applies it through these on its hot path (ADD of a ready
+    # message, TAKE, RESERVE and ACK), after setting last_ts; apply() calls the same ones
+    # for records read from the log, so both end in the same view.
+    def added_ready(self, seq: int, uuid: str, ts: int, alias: str | None = None) -> None:
+        """The ADD record of ready message ``seq`` (its alias already indexed), written at ``ts``."""
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1
+        self.last_inserted = [uuid, alias, ts]
+        self.stream_count += 1
+
+    def removed_entry(self, e: Entry) -> None:
+        """A TAKE, REMOVE or ACK of the message of entry ``e``."""
+        self._drop_entry(e)
+        if self.alias_of or self.foreign_of:
+            self.forget(e.seq)
+
+    def removed_from_stream(self, seq: int, loc: Loc) -> None:
+        """A TAKE, REMOVE or ACK (at ``loc``) of ``seq``, a pending stream message."""
+        self.leave_stream(seq, loc)
+        if self.alias_of or self.foreign_of:
+            self.forget(seq)
+
+    def reserved_head(self, loc: Loc, deadline: int, holder: str) -> None:
+        """A RESERVE (at ``loc``) of the stream's head, found by the log's ensure_head."""
+        seq, src = self.head_seq, self.updated.get(self.head_seq) or self.head_loc
+        assert src is not None
+        self.leave_stream(seq, loc)
+        self._reserved_from_stream(seq, src, deadline, holder)
+
+    def _reserved_from_stream(self, seq: int, src: Loc, deadline: int, holder: str) -> None:
+        e = Entry(seq, INFLIGHT, src, attempts=1)
+        e.deadline, e.holder = deadline, holder
+        self._put_entry(e)
+
     def drop_alias(self, seq: int) -> None:
         alias = self.alias_of.pop(seq, None)
         if alias is not None and self.alias_index.get(alias) == seq:
@@ -331,31 +365,30 @@ class QueueView:
             if flags & Flag.ALIAS or flags & Flag.FOREIGN_UUID:
                 alias = self._index_names(seq, body, flags)
             # bodies start with {"uuid":"<36 chars>"; slicing avoids parsing every ADD
-            self.last_inserted = [bytes(body[9:45]).decode("ascii", "replace"), alias, h.ts]
+            uuid = bytes(body[9:45]).decode("ascii", "replace")
             if flags & Flag.NOT_STREAM:
+                self.last_inserted = [uuid, alias, h.ts]
                 state = DISABLED if flags & Flag.DISABLED else WAITING
                 self._put_entry(Entry(seq, state, loc, due=h.arg))
             else:
-                self.stream_count += 1
+                self.added_ready(seq, uuid, h.ts, alias)
             return
         if t in (RecordType.TAKE, RecordType.REMOVE, RecordType.ACK):
             e = self.entries.get(seq)
             if e is not None:
-                self._drop_entry(e)
+                self.removed_entry(e)
             elif self.in_stream(seq, log):
-                self.leave_stream(seq, loc)
-            self.forget(seq)
+                self.removed_from_stream(seq, loc)
+            else:
+                self.forget(seq)
             return
         if t == RecordType.RESERVE:
             holder = bytes(body).decode("utf-8", "replace")
             e = self.entries.get(seq)
             if e is None:  # the usual case: straight from the stream to in flight
                 src = self._leave_stream_for_entry(seq, loc, log)
-                if src is None:
-                    return
-                e = Entry(seq, INFLIGHT, src, attempts=1)
-                e.deadline, e.holder = h.arg, holder
-                self._put_entry(e)
+                if src is not None:
+                    self._reserved_from_stream(seq, src, h.arg, holder)
                 return
             self._change(e, INFLIGHT, deadline=h.arg, holder=holder, attempts=e.attempts + 1)
             return
