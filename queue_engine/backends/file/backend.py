@@ -93,16 +93,6 @@ class FileQueueManager(QueueManager):
 
     def _retrying(self, queue: str, op: Any, *, create: bool = False, missing: Any = QueueNotFound) -> Any:
         """Run ``op(store)``; if the queue was destroyed under us, reopen once and retry."""
-        store = self._stores.get(queue)
-        flusher = self._flusher
-        if (
-            store is not None
-            and not store.view.destroyed
-            and (flusher is None or flusher.pid == os.getpid())  # else _store restarts it
-        ):
-            result = op(store)  # the usual case: the queue is open already
-            if not store.view.destroyed:
-                return result
         for _ in range(3):
             store = self._store(queue, create=create)
             if store is None:

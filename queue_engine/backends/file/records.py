@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 __all__ = [
-    "Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "body_valid", "check"
+    "Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "check"
 ]
 
 MAGIC = b"qE"
@@ -118,20 +118,11 @@ def read_header(buf: Buffer, offset: int) -> Header | None:
     return header
 
 
-def body_valid(buf: Buffer, offset: int, header: Header) -> bool:
-    """True when the record at ``offset`` is complete and its CRC matches."""
-    start = offset + HEADER_SIZE
-    end = start + header.length
-    if end > len(buf):
-        return False
-    return zlib.crc32(buf[start:end], zlib.crc32(buf[offset : start - 4])) == header.crc
-
-
 def check(buf: Buffer, offset: int, size: int) -> Header | None | Literal[False]:
     """The valid record at ``offset`` of ``buf`` (of ``size`` bytes): its header; None where
     nothing was written; False where the bytes are not a complete record with a matching CRC.
 
-    :func:`read_header` and :func:`body_valid` in one call (every reader of the log runs it).
+    Every reader of the log checks a record through here before using it.
     """
     if offset + HEADER_SIZE > size:
         return None
