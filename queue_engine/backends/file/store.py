@@ -714,7 +714,7 @@ class QueueStore:
             assert h is not None
             self._apply(h, (segno, off + pos), mm)
             pos += HEADER_SIZE + h.length
-        self._written(segno, off + pos, pos)
+        self._written((segno, off), pos)
         return seg
 
     def _write(self, data: bytes, add_seqs: Sequence[tuple[int, int]] = ()) -> tuple[Segment, int]:
@@ -733,10 +733,22 @@ class QueueStore:
             self.dirty = True
         return seg, off
 
-    def _written(self, segno: int, end: int, size: int) -> None:
-        """After :meth:`_write` and applying its records: the log now ends at ``end``."""
+    def _write_own(self, rec: bytes, ts: int, add_seqs: Sequence[tuple[int, int]] = ()) -> tuple[Segment, Loc]:
+        """:meth:`_write` one record of time ``ts`` that the caller applies to the view itself
+        (an operation's hot path), doing first what :meth:`_apply` does before the view
+        changes; return the segment and the record's loc."""
+        seg, off = self._write(rec, add_seqs)
+        loc = self._limit = (seg.segno, off)
         view = self.view
-        view.position = (segno, end)
+        if ts > view.last_ts:
+            view.last_ts = ts
+        return seg, loc
+
+    def _written(self, loc: Loc, size: int) -> None:
+        """After :meth:`_write` of ``size`` bytes at ``loc`` and applying them: the log now
+        ends after them."""
+        view = self.view
+        view.position = (loc[0], loc[1] + size)
         self._since_checkpoint += size
         if not self._cleaning and (
             self._since_checkpoint > _CHECKPOINT_BYTES
@@ -987,10 +999,9 @@ class QueueStore:
             inserted = now / 1000
             body = f'{{"uuid":"{uuid}"{middle}{inserted!r},"data":{data_json}}}'.encode()
             rec = encode(RecordType.ADD, seq, body, ts=now)
-            seg, off = self._write(rec, ((seq, 0),))
-            self._own_applied(seg.segno, off, now)
+            seg, at = self._write_own(rec, now, ((seq, 0),))
             view.added_ready(seq, uuid, now)
-            self._written(seg.segno, off + len(rec), len(rec))
+            self._written(at, len(rec))
         msg.uuid = uuid
         msg.inserted_at = datetime.fromtimestamp(inserted, _UTC)
         self.sync_after_write(seg)
@@ -1054,10 +1065,9 @@ class QueueStore:
             if seq != view.head_seq or view.head_loc is None:
                 seg = self._append([rec])
             else:  # the stream's head (the usual case): apply our own record directly
-                seg, off = self._write(rec)
-                self._own_applied(seg.segno, off, now)
-                view.removed_from_stream(seq, (seg.segno, off))
-                self._written(seg.segno, off + HEADER_SIZE, HEADER_SIZE)
+                seg, at = self._write_own(rec, now)
+                view.removed_from_stream(seq, at)
+                self._written(at, len(rec))
         self.sync_after_write(seg)
         return msg
 
@@ -1077,23 +1087,14 @@ class QueueStore:
             if seq != view.head_seq or view.head_loc is None:
                 seg = self._append([rec])
             else:  # the stream's head (the usual case): apply our own record directly
-                seg, off = self._write(rec)
-                self._own_applied(seg.segno, off, now)
-                view.reserved_head((seg.segno, off), deadline, holder)
-                self._written(seg.segno, off + len(rec), len(rec))
+                seg, at = self._write_own(rec, now)
+                view.reserved_head(at, deadline, holder)
+                self._written(at, len(rec))
             if len(self._leases) >= _MAX_LEASES:
                 self._leases.clear()
             self._leases[msg.uuid] = seq  # type: ignore[index]  # records always have a uuid
         self.sync_after_write(seg)
         return msg
-
-    def _own_applied(self, segno: int, off: int, ts: int) -> None:
-        """What :meth:`_apply` does first for a record this handle wrote at (segno, off)
-        and applies itself (the operation's hot path), before the view changes."""
-        self._limit = (segno, off)
-        view = self.view
-        if ts > view.last_ts:
-            view.last_ts = ts
 
     def _inflight(self, uuid: str, attempt: int | None) -> Entry:
         """The entry of reservation (``uuid``, ``attempt``), or LeaseLost."""
@@ -1127,10 +1128,10 @@ class QueueStore:
         with self._locked():
             e = self._inflight(uuid, attempt)
             now = _now_ms()
-            seg, off = self._write(encode(RecordType.ACK, e.seq, ts=now))
-            self._own_applied(seg.segno, off, now)
+            rec = encode(RecordType.ACK, e.seq, ts=now)
+            seg, at = self._write_own(rec, now)
             self.view.removed_entry(e)
-            self._written(seg.segno, off + HEADER_SIZE, HEADER_SIZE)
+            self._written(at, len(rec))
         self.sync_after_write(seg)
 
     def release(self, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
