@@ -31,7 +31,6 @@ import resource
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +39,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import machine  # noqa: E402
 import peers  # noqa: E402  (the benchmarks directory is not a package)
-from machine import cpu_model  # noqa: E402
+from machine import HANG_GUARD, cpu_model  # noqa: E402
 
 CASES = ("add1", "add2", "get", "ack")
 CASE_TITLES = {
@@ -57,7 +57,6 @@ DEPTH_ENGINE = "qengine[fsync=never]"
 BIG_N = 1_000_000
 BIG_ENGINE = "qengine[fsync=batch]"
 BIG_GETS = 1000
-HANG_GUARD = 900.0  # seconds; only to stop a hung worker, never a measurement
 
 
 # == worker side: runs inside a fresh subprocess ============================================
@@ -235,20 +234,8 @@ def log(text: str) -> None:
 
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
-    try:
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-            capture_output=True, text=True, timeout=HANG_GUARD,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"hung for {HANG_GUARD:.0f}s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return {"error": tail[:200]}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    """Run one measurement of this script in a fresh interpreter."""
+    return machine.spawn(os.path.abspath(__file__), spec)
 
 
 def fresh_dir(base: str) -> str:

@@ -2,12 +2,13 @@
 
 Wall time on a shared 2-CPU machine moves by 30% between runs; the number of instructions
 an operation executes does not (within a few percent: timestamps, hashing and random
-uuids vary). This counts them for ``add_message``, ``get_message`` and reserve+ack: one run
-of N operations and one of none, each in a fresh interpreter under callgrind, and the
-difference divided by N. It needs ``valgrind`` on the PATH; kernel time (the syscalls) is
-not counted.
+uuids vary). This counts them for ``add_message``, ``get_message``, reserve+ack and a
+worker's loop (``WorkerRunner`` with a worker that does nothing: reserve, ack, last processed,
+audit record per message): one run of N operations and one of none, each in a fresh
+interpreter under callgrind, and the difference divided by N. It needs ``valgrind`` on the
+PATH; kernel time (the syscalls) is not counted.
 
-    .venv/bin/python benchmarks/bench_instructions.py [--n 1000] [--ops add,get,ack]
+    .venv/bin/python benchmarks/bench_instructions.py [--n 1000] [--ops add,get,ack,work]
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import time
 from pathlib import Path
 
 PREFILL = 25_000  # messages queued before get / reserve+ack (the same for the N and the 0 run)
-OPS = ("add", "get", "ack")
+OPS = ("add", "get", "ack", "work")
+_NOOP_WORKER = """\
+from queue_engine.worker import Worker
+
+
+class QWorker(Worker):
+    def process(self, message):
+        return None
+"""
 
 
 def workload(op: str, n: int, root: str) -> None:
@@ -30,13 +39,19 @@ def workload(op: str, n: int, root: str) -> None:
     from queue_engine import QueueFactory, QueueMessage
 
     payload = "x" * 200
-    m = QueueFactory.get_queue_manager(queue_type="file", cache_root=root, fsync="never")
+    if op == "work":
+        workers = Path(root, "workers")
+        workers.mkdir(exist_ok=True)
+        (workers / "q.py").write_text(_NOOP_WORKER)
+        Path(root, "config.ini").write_text(f"[queue]\nworkersPath = {workers}\n")
+    config = Path(root, "config.ini") if op == "work" else None
+    m = QueueFactory.get_queue_manager(config, queue_type="file", cache_root=root, fsync="never")
     m.create_queue("Q")
     if op != "add":
         for start in range(0, PREFILL, 1000):
             m.add_messages("Q", [QueueMessage(data={"id": i, "payload": payload}) for i in range(start, start + 1000)])
         m.close()  # consumers usually open a queue someone else filled
-        m = QueueFactory.get_queue_manager(queue_type="file", cache_root=root, fsync="never")
+        m = QueueFactory.get_queue_manager(config, queue_type="file", cache_root=root, fsync="never")
         m.queue_status("Q")  # opening (checkpoint and replay) belongs to the set-up, not to the ops
     if op == "add":
         for i in range(n):
@@ -45,6 +60,12 @@ def workload(op: str, n: int, root: str) -> None:
         for _ in range(n):
             if m.get_message("Q") is None:
                 raise SystemExit("queue empty")
+    elif op == "work":
+        from queue_engine.runner import WorkerRunner
+
+        runner = WorkerRunner(m, ["Q"], max_jobs=n or None)  # loading the worker is set-up
+        if n and runner.run() != n:
+            raise SystemExit("queue empty")
     else:
         for _ in range(n):
             msg = m.reserve("Q", lease=60)
@@ -84,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not 0 < args.n <= PREFILL:
         print(f"invalid --ops {unknown} or --n {args.n} (1..{PREFILL})", file=sys.stderr)
         return 2
-    names = {"add": "add_message", "get": "get_message", "ack": "reserve + ack"}
+    names = {"add": "add_message", "get": "get_message", "ack": "reserve + ack", "work": "worker loop (per message)"}
     print(f"| operation | instructions per op (callgrind, N={args.n:,}) |")
     print("|---|---:|")
     for op in ops:

@@ -31,6 +31,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from . import codec
 from .errors import ConfigurationError, InvalidMessage, StorageError
 from .manager import QueueManager
 from .message import to_epoch, validate_queue_name
@@ -279,6 +280,38 @@ class MemoryAuditLog(AuditLog):
         return removed
 
 
+_json_str = json.encoder.encode_basestring  # what codec.dumps escapes strings with
+_STR_OR_NONE = (str, type(None))
+_NUMBER = (int, float)
+
+
+def _line(rec: AuditRecord) -> str:
+    """``codec.dumps(rec.to_record())``, formatted directly when every field has its usual
+    type (a worker writes one record per message; the generic encoder costs twice as much)."""
+    if not (
+        rec.alias.__class__ in _STR_OR_NONE
+        and rec.error.__class__ in _STR_OR_NONE
+        and rec.uuid.__class__ is str
+        and rec.host.__class__ is str
+        and rec.worker.__class__ is str
+        and rec.pid.__class__ is int
+        and rec.attempt.__class__ is int
+        and rec.started_at.__class__ in _NUMBER
+        and rec.duration.__class__ in _NUMBER
+    ):
+        return codec.dumps(rec.to_record())
+    alias = "null" if rec.alias is None else _json_str(rec.alias)
+    error = "null" if rec.error is None else _json_str(rec.error)
+    extra = "{}" if rec.extra.__class__ is dict and not rec.extra else codec.dumps(rec.extra)
+    # queue (a valid queue name) and outcome (one of OUTCOMES) need no escaping
+    return (
+        f'{{"v":{_FORMAT},"queue":"{rec.queue}","uuid":{_json_str(rec.uuid)},"alias":{alias},'
+        f'"attempt":{rec.attempt!r},"outcome":"{rec.outcome}","started_at":{rec.started_at!r},'
+        f'"duration":{rec.duration!r},"host":{_json_str(rec.host)},"pid":{rec.pid!r},'
+        f'"worker":{_json_str(rec.worker)},"error":{error},"extra":{extra}}}'
+    )
+
+
 def _now() -> float:
     return _clock.time()
 
@@ -307,49 +340,60 @@ class FileAuditLog(AuditLog):
         self.root = Path(root)
         self.modes = modes
         self.retention_days: float = check_retention(retention_days) or DEFAULT_RETENTION_DAYS
-        self._pruned_day: date | None = None
+        self._pruned_day = -1  # the UTC day number (epoch // 86400) of the last prune
+        self._paths: dict[tuple[str, int], str] = {}  # (queue, UTC day number) -> day file
         self._lock = threading.Lock()
 
     # -- writing ----------------------------------------------------------------------
-    def _path(self, queue: str, day: date) -> Path:
-        return self.root / queue / f"{day.isoformat()}.jsonl"
+    def _path(self, queue: str, dayno: int) -> str:
+        """The day file of ``queue`` for UTC day number ``dayno`` (epoch seconds // 86400)."""
+        key = (queue, dayno)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) >= 256:  # a worker meets few queues and days: bound the memory
+                self._paths.clear()
+            day = date(1970, 1, 1) + timedelta(days=dayno)
+            path = self._paths[key] = os.path.join(self.root, queue, f"{day.isoformat()}.jsonl")
+        return path
 
     def record(self, rec: AuditRecord) -> None:
         if not isinstance(rec, AuditRecord):
             raise InvalidMessage(f"expected an AuditRecord, got {type(rec).__name__}")
         try:
-            line = json.dumps(rec.to_record(), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            line = _line(rec)
             try:
                 data = line.encode("utf-8") + b"\n"
             except UnicodeEncodeError:  # lone surrogates (e.g. from a decoded filename): escape them
                 data = json.dumps(rec.to_record(), allow_nan=False, separators=(",", ":")).encode("ascii") + b"\n"
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: a cycle in ``extra``
             raise InvalidMessage(f"audit record of {rec.uuid!r} is not JSON-serializable: {exc}") from None
         self._maybe_prune()
-        path = self._path(rec.queue, _utc_day(rec.started_at))
+        path = self._path(rec.queue, int(rec.started_at // 86400))  # POSIX time: UTC days of 86400 s
         try:
             fd = self._open_append(path)
         except OSError as exc:
-            raise StorageError(f"cannot open audit file {str(path)!r}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot open audit file {path!r}: {exc.strerror or exc}") from None
         try:
             written = os.write(fd, data)
         except OSError as exc:
-            raise StorageError(f"cannot write audit file {str(path)!r}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot write audit file {path!r}: {exc.strerror or exc}") from None
         finally:
             os.close(fd)
         if written != len(data):  # full disk: the torn line is skipped by readers
-            raise StorageError(f"short write to audit file {str(path)!r}: {written} of {len(data)} bytes")
+            raise StorageError(f"short write to audit file {path!r}: {written} of {len(data)} bytes")
 
-    def _open_append(self, path: Path) -> int:
+    def _open_append(self, path: str) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         try:
             return self.modes.open(path, flags)
         except FileNotFoundError:
-            self.modes.mkdir(path.parent, parents=True)
+            self.modes.mkdir(Path(path).parent, parents=True)
             return self.modes.open(path, flags)
 
     def _maybe_prune(self) -> None:
-        today = _utc_day(_now())
+        today = int(_now() // 86400)
+        if self._pruned_day == today:  # the usual case, without the lock: an int compare
+            return
         with self._lock:
             if self._pruned_day == today:
                 return

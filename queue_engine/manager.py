@@ -182,16 +182,26 @@ class QueueManager(ABC):
         return self._reserve(validate_queue_name(queue), lease)
 
     @_records_errors
-    def ack(self, queue: str, message: str | QueueMessage) -> None:
+    def ack(self, queue: str, message: str | QueueMessage, *, processed: bool = False) -> None:
         """Finish a reserved message: it is removed for good.
 
         Given a QueueMessage from :meth:`reserve`, the ack applies only to that reservation:
         it succeeds even after the lease ended as long as the message was not handed out
         again, and raises :class:`LeaseLost` once it was (or was acked or released). Given a
         uuid, the current reservation is acked.
+
+        ``processed``: also record the message as the queue's last processed one, as
+        :meth:`update_last_message_processed` does, in the same write where the backend can
+        (a worker does both for every message). Needs the QueueMessage, for its alias.
         """
         uuid, attempt = self._lease_key(message)
-        self._ack(validate_queue_name(queue), uuid, attempt)
+        queue = validate_queue_name(queue)
+        if not processed:
+            self._ack(queue, uuid, attempt)
+        elif isinstance(message, QueueMessage):
+            self._ack_processed(queue, uuid, attempt, message.alias)
+        else:
+            raise InvalidMessage("ack(processed=True) needs the QueueMessage from reserve(), not its uuid")
 
     @_records_errors
     def release(self, queue: str, message: str | QueueMessage, delay: float = 0, error: str | None = None) -> None:
@@ -434,6 +444,12 @@ class QueueManager(ABC):
 
     @abstractmethod
     def _ack(self, queue: str, uuid: str, attempt: int | None) -> None: ...
+
+    def _ack_processed(self, queue: str, uuid: str, attempt: int | None, alias: str | None) -> None:
+        """:meth:`_ack`, then :meth:`_update_last_processed` of the message. A backend that can
+        do both in one write overrides this; if the ack raises, nothing is recorded."""
+        self._ack(queue, uuid, attempt)
+        self._update_last_processed(queue, uuid, alias)
 
     @abstractmethod
     def _release(self, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None: ...

@@ -3,8 +3,8 @@
 Per message (:class:`WorkerRunner`): ``reserve`` it, run ``process`` under the time limit,
 then
 
-* success: ``ack``, ``update_last_message_processed``, audit ``success``, ``on_success``
-  (class hook, then the configured ``onSuccess``);
+* success: ``ack(processed=True)`` (the ack and the last processed message in one write),
+  audit ``success``, ``on_success`` (class hook, then the configured ``onSuccess``);
 * failure with attempts left: ``release`` with the backoff delay and the error text,
   audit ``retry``;
 * failure of the last attempt, or an unrecoverable error: ``fail`` (the failed store keeps
@@ -76,20 +76,23 @@ class MessageHandler:
 
     def attempt(self, message: QueueMessage) -> Attempt:
         """Run ``process`` once under the time limit; catch any :class:`Exception` it raises."""
-        what = f"attempt {message.attempts} of message {message.uuid} ({self.queue})"
+        limit = self.settings.time_limit
         started = time.time()
         t0 = time.monotonic()
         result: Any = None
         error: Exception | None = None
         try:
-            with time_limit(self.settings.time_limit, what) as enforced:
-                if not enforced and self.settings.time_limit is not None and not self._warned:
-                    self._warned = True
-                    logger.warning(
-                        "%s: the time limit of %gs is not enforced outside the main thread",
-                        self.queue, self.settings.time_limit,
-                    )
+            if limit is None:  # no limit: no SIGALRM to arm
                 result = self.worker.process(message)
+            else:
+                what = f"attempt {message.attempts} of message {message.uuid} ({self.queue})"
+                with time_limit(limit, what) as enforced:
+                    if not enforced and not self._warned:
+                        self._warned = True
+                        logger.warning(
+                            "%s: the time limit of %gs is not enforced outside the main thread", self.queue, limit
+                        )
+                    result = self.worker.process(message)
         except Exception as exc:
             error = exc
         return Attempt(result, error, started, time.monotonic() - t0)
@@ -167,8 +170,7 @@ class MessageHandler:
         att = self.attempt(message)
         if att.error is None:
             logger.debug("%s message %s done (attempt %d)", self.queue, message.uuid, message.attempts)
-            if self._settle(message, "ack", lambda: self.manager.ack(self.queue, message)):
-                self.manager.update_last_message_processed(self.queue, message)
+            self._settle(message, "ack", lambda: self.manager.ack(self.queue, message, processed=True))
             self.record(message, att, "success", None)
             self.succeeded(message, att.result)
             return

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from queue_engine import ConfigurationError, InvalidMessage, InvalidQueueName, QueueFactory, StorageError
+from queue_engine import ConfigurationError, InvalidMessage, InvalidQueueName, QueueFactory, StorageError, codec
 from queue_engine.audit import (
     AuditLog,
     AuditRecord,
     FileAuditLog,
     MemoryAuditLog,
+    _line,
     get_audit_log,
     register_audit_log,
 )
@@ -187,6 +190,35 @@ def test_file_layout_and_permissions(tmp_path: Path) -> None:
     lines = (queue_dir / "2024-07-01.jsonl").read_bytes().splitlines()
     assert len(lines) == 1 and lines[0].startswith(b'{"v":1,')
     assert json.loads(lines[0])["uuid"] == "a"
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # what UTF-8 can hold
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    uuid=_text.filter(bool),
+    alias=st.none() | _text | st.integers(),  # alias and the next fields are not validated: any JSON
+    error=st.none() | _text,
+    host=_text | st.just(None),
+    worker=_text,
+    pid=st.integers(-1, 2**40) | st.booleans(),
+    attempt=st.integers(1, 2**70),
+    started_at=st.floats(-1e12, 1e12) | st.integers(-(10**12), 10**12),
+    duration=st.floats(0, 1e9) | st.integers(0, 10**9),
+    extra=st.dictionaries(_text, _json, max_size=4),
+)
+def test_record_line_is_the_generic_encoding(**fields: Any) -> None:
+    """The file log formats the usual record itself (a worker writes one per message): it
+    must be exactly what the generic encoder makes of to_record(), escapes included."""
+    record = AuditRecord(queue="ANPR", outcome="retry", **fields)
+    assert _line(record) == codec.dumps(record.to_record())
+    assert json.loads(_line(record)) == json.loads(json.dumps(record.to_record()))
 
 
 def test_query_reads_only_the_days_in_range(tmp_path: Path) -> None:

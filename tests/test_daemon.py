@@ -43,7 +43,9 @@ class SlowWorker(Worker):
 
     def process(self, message):
         base = Path(os.environ["QTEST_DIR"])
-        (base / f"started-{message.uuid}").write_text(str(os.getpid()))
+        marker = base / f"started-{message.uuid}"
+        (base / f".{marker.name}").write_text(str(os.getpid()))
+        os.replace(base / f".{marker.name}", marker)  # whole when it appears: tests read the pid
         deadline = time.monotonic() + 60
         while not (base / "release").exists() and time.monotonic() < deadline:
             time.sleep(0.01)

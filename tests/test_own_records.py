@@ -1,7 +1,8 @@
 """A handle applies the records it writes itself; every other handle reads them from the log.
 
-On the hot paths (add of a ready message, get and reserve of the stream's head, ack) the
-writer changes its view directly instead of parsing back the record it just wrote. These
+On the hot paths (add of a ready message, get and reserve of the stream's head, ack, the
+last processed message) the writer changes its view directly instead of parsing back the
+record it just wrote. These
 tests hold that shortcut to the rule every process relies on: the view is a function of the
 log. After any sequence of operations through one handle, a second handle that only read the
 log must hold exactly the same view.
@@ -27,6 +28,8 @@ _ops = st.lists(
         st.tuples(st.just("get"), st.just(0)),
         st.tuples(st.just("reserve"), st.just(0)),
         st.tuples(st.just("ack"), st.integers(0, 5)),
+        st.tuples(st.just("ack_processed"), st.integers(0, 5)),
+        st.tuples(st.just("processed"), st.integers(0, 20)),
         st.tuples(st.just("release"), st.integers(0, 5)),
         st.tuples(st.just("fail"), st.integers(0, 5)),
         st.tuples(st.just("remove"), st.integers(0, 20)),
@@ -79,14 +82,18 @@ def _run(writer: FileQueueManager, ops: list[tuple[str, int]]) -> None:
                 got = writer.reserve("q", lease=600)
                 if got is not None:
                     held.append(got)
-            elif held and op in ("ack", "release", "fail"):
+            elif held and op in ("ack", "ack_processed", "release", "fail"):
                 msg = held.pop(arg % len(held))
                 if op == "ack":
                     writer.ack("q", msg)
+                elif op == "ack_processed":  # the ACK and a STATUS record in one group
+                    writer.ack("q", msg, processed=True)
                 elif op == "release":
                     writer.release("q", msg, error="again")
                 else:
                     writer.fail("q", msg, "broken")
+            elif uuids and op == "processed":
+                writer.update_last_message_processed("q", QueueMessage(data=None, uuid=uuids[arg % len(uuids)]))
             elif uuids and op == "remove":
                 writer.remove_message("q", uuids[arg % len(uuids)])
             elif uuids and op == "update":

@@ -546,6 +546,41 @@ def test_ack_by_uuid(manager: QueueManager) -> None:
     assert manager.queue_status(Q).messages_to_process == 0
 
 
+def test_ack_processed_records_the_last_processed_message(manager: QueueManager) -> None:
+    manager.add_message(Q, msg(1, alias="first"))
+    manager.add_message(Q, msg(2))
+    reserved = manager.reserve(Q, lease=LONG_LEASE)
+    assert reserved is not None
+    before = time.time()
+    manager.ack(Q, reserved, processed=True)
+    after = time.time()
+    status = manager.queue_status(Q)
+    assert (status.in_flight, status.messages_to_process) == (0, 1)
+    processed = status.last_message_processed
+    assert processed is not None and processed.timestamp is not None
+    assert (processed.uuid, processed.alias) == (reserved.uuid, "first")
+    assert before - 1 <= processed.timestamp.timestamp() <= after + 1
+    second = manager.reserve(Q, lease=LONG_LEASE)
+    assert second is not None
+    manager.ack(Q, second, processed=True)
+    processed = manager.queue_status(Q).last_message_processed
+    assert processed is not None and (processed.uuid, processed.alias) == (second.uuid, None)
+
+
+def test_ack_processed_that_fails_records_nothing(manager: QueueManager) -> None:
+    uid = manager.add_message(Q, msg(1, alias="kept"))
+    reserved = manager.reserve(Q, lease=LONG_LEASE)
+    assert reserved is not None
+    with pytest.raises(InvalidMessage, match="needs the QueueMessage"):
+        manager.ack(Q, uid, processed=True)  # a bare uuid has no alias to record
+    assert manager.queue_status(Q).in_flight == 1  # nothing acked either
+    manager.release(Q, reserved)
+    with pytest.raises(LeaseLost):
+        manager.ack(Q, reserved, processed=True)  # released: not this reservation's to ack
+    status = manager.queue_status(Q)
+    assert (status.ready, status.last_message_processed) == (1, None)
+
+
 def test_release_returns_to_original_position(manager: QueueManager, drain: Drain) -> None:
     for i in range(3):
         manager.add_message(Q, msg(i))

@@ -191,6 +191,9 @@ class FileQueueManager(QueueManager):
     def _ack(self, queue: str, uuid: str, attempt: int | None) -> None:
         self._with_store(queue).ack(uuid, attempt)
 
+    def _ack_processed(self, queue: str, uuid: str, attempt: int | None, alias: str | None) -> None:
+        self._with_store(queue).ack(uuid, attempt, processed=True, alias=alias)
+
     def _release(self, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
         self._with_store(queue).release(uuid, attempt, delay, error)
 

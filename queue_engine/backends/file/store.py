@@ -1124,13 +1124,20 @@ class QueueStore:
             )
         return e
 
-    def ack(self, uuid: str, attempt: int | None) -> None:
-        with self._locked():
+    def ack(self, uuid: str, attempt: int | None, *, processed: bool = False, alias: str | None = None) -> None:
+        """Remove reservation (``uuid``, ``attempt``); with ``processed``, record the message
+        (``uuid``, ``alias``) as the last processed in the same group."""
+        with self._locked() as view:
             e = self._inflight(uuid, attempt)
             now = _now_ms()
-            rec = encode(RecordType.ACK, e.seq, ts=now)
+            rec = encode(RecordType.ACK, e.seq, flags=Flag.CONTINUED if processed else 0, ts=now)
+            if processed:
+                mark, body = _processed_body(uuid, alias, now)
+                rec += encode(RecordType.STATUS, 0, body, ts=now)
             seg, at = self._write_own(rec, now)
-            self.view.removed_entry(e)
+            view.removed_entry(e)
+            if processed:
+                view.processed(mark)
             self._written(at, len(rec))
         self.sync_after_write(seg)
 
@@ -1184,10 +1191,13 @@ class QueueStore:
         return result
 
     def set_last_processed(self, uuid: str | None, alias: str | None) -> None:
-        with self._locked():
+        with self._locked() as view:
             now = _now_ms()
-            body = json.dumps({"processed": {"uuid": uuid, "alias": alias, "timestamp": now / 1000}}).encode()
-            seg = self._append([encode(RecordType.STATUS, 0, body, ts=now)])
+            mark, body = _processed_body(uuid, alias, now)
+            rec = encode(RecordType.STATUS, 0, body, ts=now)
+            seg, at = self._write_own(rec, now)
+            view.processed(mark)
+            self._written(at, len(rec))
         self.sync_after_write(seg)
 
     def find(self, flt: Any, limit: int | None) -> list[QueueMessage]:
@@ -1515,11 +1525,24 @@ def _due_ms(msg: QueueMessage) -> int:
 
 
 _json_str = json.encoder.encode_basestring
+_json_ascii = json.encoder.encode_basestring_ascii
 _MODE_NAMES: dict[object, str] = {mode: mode.value for mode in ExecutionMode}  # str-enum: "immediate" hashes alike
 
 
 def _opt_str(value: str | None) -> str:
     return "null" if value is None else _json_str(value)
+
+
+def _opt_ascii(value: str | None) -> str:
+    """``value`` as json.dumps writes it (non-ASCII escaped: lone surrogates too), or null."""
+    return "null" if value is None else _json_ascii(value)
+
+
+def _processed_body(uuid: str | None, alias: str | None, now: int) -> tuple[dict[str, Any], bytes]:
+    """The last-processed mark of a message at ``now`` (ms), and the STATUS body recording it."""
+    stamp = now / 1000
+    body = f'{{"processed":{{"uuid":{_opt_ascii(uuid)},"alias":{_opt_ascii(alias)},"timestamp":{stamp!r}}}}}'
+    return {"uuid": uuid, "alias": alias, "timestamp": stamp}, body.encode()
 
 
 #: (retries, username) -> the middle of a ready message's body without alias (see _add_ready)

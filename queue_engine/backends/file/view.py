@@ -310,6 +310,10 @@ class QueueView:
         self.last_inserted = [uuid, alias, ts]
         self.stream_count += 1
 
+    def processed(self, processed: dict[str, Any]) -> None:
+        """A STATUS record named the last processed message (uuid, alias, timestamp)."""
+        self.last_processed = processed
+
     def removed_entry(self, e: Entry) -> None:
         """A TAKE, REMOVE or ACK of the message of entry ``e``."""
         self._drop_entry(e)
@@ -409,7 +413,7 @@ class QueueView:
         if t == RecordType.STATUS:
             change = json.loads(bytes(body))
             if "processed" in change:
-                self.last_processed = change["processed"]
+                self.processed(change["processed"])
             for key, value in change.get("meta", {}).items():
                 if value is None:
                     self.meta.pop(key, None)

@@ -305,7 +305,12 @@ class RedisQueueManager(QueueManager):
         reply = self._run("take", queue, "reserve", max(1, round(lease * 1e6)))
         return None if not reply else self._message(queue, *reply)
 
-    def _settle(self, op: str, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
+    def _settle(
+        self, op: str, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None,
+        processed: bool = False, alias: str | None = None,
+    ) -> None:
+        """Ack, release or fail a reservation; with ``processed`` (ack only), also record the
+        message (``uuid``, ``alias``) as the last processed."""
         reply = self._run(
             "settle",
             queue,
@@ -315,6 +320,8 @@ class RedisQueueManager(QueueManager):
             round(delay * 1e6),
             "0" if error is None else "1",
             _clean(error or ""),
+            "1" if processed else "0",
+            alias or "",
         )
         status = reply[0]
         if status == "noqueue":
@@ -329,6 +336,9 @@ class RedisQueueManager(QueueManager):
 
     def _ack(self, queue: str, uuid: str, attempt: int | None) -> None:
         self._settle("ack", queue, uuid, attempt, 0.0, None)
+
+    def _ack_processed(self, queue: str, uuid: str, attempt: int | None, alias: str | None) -> None:
+        self._settle("ack", queue, uuid, attempt, 0.0, None, processed=True, alias=alias)
 
     def _release(self, queue: str, uuid: str, attempt: int | None, delay: float, error: str | None) -> None:
         self._settle("release", queue, uuid, attempt, delay, error or None)

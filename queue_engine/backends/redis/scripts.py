@@ -201,7 +201,7 @@ return {u, f[1], f[2], tostring(att)}
 """
 
 # ARGV: MP, op ("ack", "release" or "fail"), uuid, attempt ("" for the current one),
-#       delay in us, has_error ("0"/"1"), error
+#       delay in us, has_error ("0"/"1"), error, processed ("0"/"1", ack only), alias ("" none)
 _SETTLE = r"""
 if not exists() then return {'noqueue'} end
 local op, u, attempt = ARGV[2], ARGV[3], ARGV[4]
@@ -212,6 +212,9 @@ if attempt ~= '' and f[2] ~= attempt then return {'stale', f[2]} end
 local now, nowtxt = clock()
 if op == 'ack' then
   drop(u)
+  if ARGV[8] == '1' then  -- ack(processed=True): the last processed message, in the same call
+    redis.call('HSET', K_STATUS, 'lp_uuid', u, 'lp_alias', ARGV[9], 'lp_ts', nowtxt)
+  end
 elseif op == 'release' then
   redis.call('HDEL', m, 'lease')
   unplace(u)
