@@ -280,7 +280,6 @@ class MemoryAuditLog(AuditLog):
         return removed
 
 
-_json_str = json.encoder.encode_basestring  # what codec.dumps escapes strings with
 _STR_OR_NONE = (str, type(None))
 _NUMBER = (int, float)
 
@@ -300,15 +299,15 @@ def _line(rec: AuditRecord) -> str:
         and rec.duration.__class__ in _NUMBER
     ):
         return codec.dumps(rec.to_record())
-    alias = "null" if rec.alias is None else _json_str(rec.alias)
-    error = "null" if rec.error is None else _json_str(rec.error)
+    alias = codec.string_or_null(rec.alias)
+    error = codec.string_or_null(rec.error)
     extra = "{}" if rec.extra.__class__ is dict and not rec.extra else codec.dumps(rec.extra)
     # queue (a valid queue name) and outcome (one of OUTCOMES) need no escaping
     return (
-        f'{{"v":{_FORMAT},"queue":"{rec.queue}","uuid":{_json_str(rec.uuid)},"alias":{alias},'
+        f'{{"v":{_FORMAT},"queue":"{rec.queue}","uuid":{codec.string(rec.uuid)},"alias":{alias},'
         f'"attempt":{rec.attempt!r},"outcome":"{rec.outcome}","started_at":{rec.started_at!r},'
-        f'"duration":{rec.duration!r},"host":{_json_str(rec.host)},"pid":{rec.pid!r},'
-        f'"worker":{_json_str(rec.worker)},"error":{error},"extra":{extra}}}'
+        f'"duration":{rec.duration!r},"host":{codec.string(rec.host)},"pid":{rec.pid!r},'
+        f'"worker":{codec.string(rec.worker)},"error":{error},"extra":{extra}}}'
     )
 
 

@@ -15,7 +15,7 @@ from json import encoder as _encoder
 from json import scanner as _scanner
 from typing import Any
 
-__all__ = ["dumps", "loads"]
+__all__ = ["dumps", "loads", "string", "string_or_null"]
 
 
 def _no_default(value: Any) -> Any:
@@ -30,6 +30,15 @@ _scan: Any = None
 if _make_encoder is not None and _make_scanner is not None:  # CPython's _json accelerator
     _encode = _make_encoder(None, _no_default, _encoder.encode_basestring, None, ":", ",", False, False, False)
     _scan = _make_scanner(json.JSONDecoder())
+
+
+#: A str as :func:`dumps` writes it (quoted, escaped, non-ASCII kept): for JSON built by hand.
+string = _encoder.encode_basestring
+
+
+def string_or_null(value: str | None) -> str:
+    """:func:`string` of ``value``, or ``null`` for None."""
+    return "null" if value is None else string(value)
 
 
 def dumps(obj: Any) -> str:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ... import codec
+from ...codec import string_or_null
 from ...errors import (
     CorruptionError,
     DuplicateAlias,
@@ -988,7 +989,7 @@ class QueueStore:
         if middle is None:
             middle = (
                 f',"alias":null,"retries":{msg.retries},"execution_mode":"immediate","deferred_until":null,'
-                f'"disabled":false,"username":{_opt_str(msg.username)},"inserted_at":'
+                f'"disabled":false,"username":{string_or_null(msg.username)},"inserted_at":'
             )
             if len(_READY_MIDDLE) < 64:
                 _READY_MIDDLE[key] = middle
@@ -1524,13 +1525,8 @@ def _due_ms(msg: QueueMessage) -> int:
     return max(1, int(msg.deferred_until.timestamp() * 1000))
 
 
-_json_str = json.encoder.encode_basestring
 _json_ascii = json.encoder.encode_basestring_ascii
 _MODE_NAMES: dict[object, str] = {mode: mode.value for mode in ExecutionMode}  # str-enum: "immediate" hashes alike
-
-
-def _opt_str(value: str | None) -> str:
-    return "null" if value is None else _json_str(value)
 
 
 def _opt_ascii(value: str | None) -> str:
@@ -1558,8 +1554,8 @@ def _message_body(msg: QueueMessage, data_json: str, inserted: str = "") -> byte
     if not inserted:
         inserted = "null" if msg.inserted_at is None else repr(msg.inserted_at.timestamp())
     return (
-        f'{{"uuid":{_opt_str(msg.uuid)},"alias":{_opt_str(msg.alias)},"retries":{msg.retries},'
+        f'{{"uuid":{string_or_null(msg.uuid)},"alias":{string_or_null(msg.alias)},"retries":{msg.retries},'
         f'"execution_mode":"{_MODE_NAMES[msg.execution_mode]}","deferred_until":{deferred},'
-        f'"disabled":{"true" if msg.disabled else "false"},"username":{_opt_str(msg.username)},'
+        f'"disabled":{"true" if msg.disabled else "false"},"username":{string_or_null(msg.username)},'
         f'"inserted_at":{inserted},"data":{data_json}}}'
     ).encode()
