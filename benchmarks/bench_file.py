@@ -17,6 +17,10 @@ Cases:
 * ``ack``   reserve+ack/s on a queue pre-filled with N messages (n/a for engines without ack);
 * ``depth`` qengine only: per-op add and get cost at depth 1k vs 200k;
 * ``big``   (``--big``) qengine only: open + first get, and consumer RSS, with 1M messages queued.
+
+``qengine[compiled, fsync=never]`` is the compiled build (``QENGINE_COMPILE``, see setup.py),
+imported from ``--compiled`` (default ``build/compiled``, which ``make test-compiled`` builds);
+without one it is left out and the run says so.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ DEPTH_ENGINE = "qengine[fsync=never]"
 BIG_N = 1_000_000
 BIG_ENGINE = "qengine[fsync=batch]"
 BIG_GETS = 1000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILED_SRC = ""  # --compiled, absolute
 
 
 # == worker side: runs inside a fresh subprocess ============================================
@@ -111,6 +117,12 @@ def _rss_kib() -> dict[str, int]:
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     case, name, path = spec["case"], spec["engine"], spec["dir"]
+    if name == peers.COMPILED:  # before anything imports queue_engine (spawned producers inherit sys.path)
+        sys.path.insert(0, spec["src"])
+        from queue_engine.backends.file import COMPILED
+
+        if not COMPILED:
+            return {"error": f"no compiled build in {spec['src']}"}
     n, budget = spec.get("n", 0), spec.get("budget", 0.0)
     if case == "add1":
         engine = peers.build(name, path)
@@ -330,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", action="store_true",
                         help="also run the 1M-message qengine cases (about 400 MB of disk, ~15 s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of markdown")
+    parser.add_argument("--compiled", default=os.path.join(REPO, "build", "compiled"),
+                        help="tree holding the compiled build (default: build/compiled, from make test-compiled)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -344,7 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; valid: {', '.join(CASES)}, depth")
     wanted = [s.strip() for s in args.engines.split(",") if s.strip()]
-    engines = [e for e in peers.ENGINES if not wanted or any(w in e for w in wanted)]
+    global COMPILED_SRC
+    COMPILED_SRC = os.path.abspath(args.compiled)
+    names = list(peers.ENGINES)
+    if has_compiled_build(COMPILED_SRC):
+        names.insert(1, peers.COMPILED)
+    else:
+        log(f"no compiled build in {args.compiled}: {peers.COMPILED} left out (make test-compiled builds one)")
+    engines = [e for e in names if not wanted or any(w in e for w in wanted)]
     with_always = peers.ALWAYS if not wanted or any(w in peers.ALWAYS for w in wanted) else None
 
     facts = machine_facts(base)
@@ -375,7 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def has_compiled_build(src: str) -> bool:
+    store = os.path.join(src, "queue_engine", "backends", "file")
+    return os.path.isdir(store) and any(f.startswith("store.") and f.endswith(".so") for f in os.listdir(store))
+
+
 def run_in_dir(case: str, engine: str, base: str, rep: int, **extra: Any) -> dict[str, Any]:
+    if engine == peers.COMPILED:
+        extra["src"] = COMPILED_SRC
     path = fresh_dir(base)
     try:
         result = spawn({"case": case, "engine": engine, "dir": path, **extra})

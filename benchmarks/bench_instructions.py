@@ -8,12 +8,16 @@ audit record per message): one run of N operations and one of none, each in a fr
 interpreter under callgrind, and the difference divided by N. It needs ``valgrind`` on the
 PATH; kernel time (the syscalls) is not counted.
 
-    .venv/bin/python benchmarks/bench_instructions.py [--n 1000] [--ops add,get,ack,work]
+    .venv/bin/python benchmarks/bench_instructions.py [--n 1000] [--ops add,get,ack,work] [--src PATH]
+
+``--src`` counts the queue_engine of another tree: ``--src build/compiled`` counts the
+compiled build (``make test-compiled`` builds it there).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 PREFILL = 25_000  # messages queued before get / reserve+ack (the same for the N and the 0 run)
 OPS = ("add", "get", "ack", "work")
 _NOOP_WORKER = """\
@@ -75,11 +80,11 @@ def workload(op: str, n: int, root: str) -> None:
     m.close()
 
 
-def count(op: str, n: int) -> int:
+def count(op: str, n: int, src: str) -> int:
     with tempfile.TemporaryDirectory() as root:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-             sys.executable, __file__, "--run", op, str(n), root],
+             sys.executable, __file__, "--src", src, "--run", op, str(n), root],
             capture_output=True, text=True, check=True,
         )
     found = re.search(r"Collected : (\d+)", out.stderr)
@@ -92,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="operations in the measured run (default 1000)")
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of add,get,ack")
+    parser.add_argument("--src", default=str(REPO), help="tree whose queue_engine is counted (default: this one)")
     parser.add_argument("--run", nargs=3, metavar=("OP", "N", "ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.src = os.path.abspath(args.src)
+    sys.path.insert(0, args.src)
     if args.run:
         workload(args.run[0], int(args.run[1]), args.run[2])
         return 0
@@ -106,16 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid --ops {unknown} or --n {args.n} (1..{PREFILL})", file=sys.stderr)
         return 2
     names = {"add": "add_message", "get": "get_message", "ack": "reserve + ack", "work": "worker loop (per message)"}
-    print(f"| operation | instructions per op (callgrind, N={args.n:,}) |")
+    from queue_engine.backends.file import COMPILED
+
+    build = "compiled" if COMPILED else "pure Python"
+    print(f"| operation | instructions per op ({build}; callgrind, N={args.n:,}) |")
     print("|---|---:|")
     for op in ops:
         t0 = time.monotonic()
-        per_op = (count(op, args.n) - count(op, 0)) // args.n
+        per_op = (count(op, args.n, args.src) - count(op, 0, args.src)) // args.n
         print(f"| {names[op]} | {per_op:,} |", flush=True)
         print(f"  ({op}: {time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     raise SystemExit(main())

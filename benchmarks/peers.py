@@ -377,7 +377,9 @@ ENGINES: dict[str, Callable[[str], Engine]] = {
 }
 #: Only measured for single-process adds with a small N.
 ALWAYS = "qengine[fsync=always]"
-ENGINES_EXTRA: dict[str, Callable[[str], Engine]] = {ALWAYS: QEngineAlways}
+#: The compiled build (bench_file.py imports it from its --compiled tree); a row when there is one.
+COMPILED = "qengine[compiled, fsync=never]"
+ENGINES_EXTRA: dict[str, Callable[[str], Engine]] = {ALWAYS: QEngineAlways, COMPILED: QEngineNever}
 
 
 def is_qengine(name: str) -> bool:

@@ -414,13 +414,25 @@ def message_line(message: QueueMessage) -> str:
     return "\t".join(format_value(column) for column in columns)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .backends.file import COMPILED
+
+    click.echo(f"qengine {__version__} (file backend: {'compiled' if COMPILED else 'pure Python'})")
+    ctx.exit()
+
+
 # -- the commands -------------------------------------------------------------------------
 @click.group(name="qengine", cls=QEngineGroup)
 @click.option(
     "--config", "config_path", metavar="PATH", default=None,
     help="Config file (default: $QENGINE_CONFIG, ./config.ini, user and system config dirs).",
 )
-@click.version_option(__version__, prog_name="qengine")
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the version, and whether the compiled build is installed, and exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """qengine: a crash-safe queue engine."""

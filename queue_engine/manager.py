@@ -22,7 +22,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from .config import Config
 from .errors import InvalidMessage, QueueEngineError
@@ -98,7 +98,7 @@ class QueueManager(ABC):
     """Base class of every backend. See the module docstring for the guarantees."""
 
     #: Name used in config ``queueType``.
-    queue_type: str = ""
+    queue_type: ClassVar[str] = ""
 
     def __init__(self, config: Config) -> None:
         self.config = config

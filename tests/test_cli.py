@@ -101,8 +101,11 @@ def _json(result: Result) -> Any:
 
 
 # -- group --------------------------------------------------------------------------------
-def test_version(run: Run) -> None:
-    assert __version__ in assert_ok(run("--version"))
+def test_version_names_the_build(run: Run) -> None:
+    from queue_engine.backends.file import COMPILED
+
+    out = assert_ok(run("--version"))
+    assert out.strip() == f"qengine {__version__} (file backend: {'compiled' if COMPILED else 'pure Python'})"
 
 
 def test_help_lists_the_commands(run: Run) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -37,3 +39,61 @@ def test_wheel_contains_only_queue_engine(tmp_path: Path) -> None:
     assert "queue_engine/py.typed" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "qengine = queue_engine.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def _wheel(tmp_path: Path, compile_mode: str, **env: str) -> list[str]:
+    """Build a wheel with ``QENGINE_COMPILE=compile_mode`` from a copy of the tree (the build
+    leaves its C files in build/ of the tree it runs in); return its file names."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "__pycache__", "*.egg-info", "*.so"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), str(src)],
+        check=True,
+        timeout=600,
+        env={**os.environ, "QENGINE_COMPILE": compile_mode, **env},
+    )
+    [wheel] = tmp_path.glob("qengine-*.whl")
+    return zipfile.ZipFile(wheel).namelist()
+
+
+@pytest.mark.slow
+def test_compiled_wheel_keeps_its_modules_inside_the_package_and_works(tmp_path: Path) -> None:
+    names = _wheel(tmp_path, "require")
+    native = sorted(n for n in names if n.endswith(".so"))
+    assert native, "QENGINE_COMPILE=require built no extension module"
+    assert all(n.startswith("queue_engine/") for n in native), native  # mypyc's shared library too
+    assert any(n.startswith("queue_engine/backends/file/store.") for n in native)
+    assert "queue_engine/backends/file/store.py" in names  # the source ships too (tracebacks)
+    site = tmp_path / "site"
+    [wheel] = tmp_path.glob("qengine-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, timeout=300,
+    )
+    script = (
+        "import sys, tempfile\n"
+        "from queue_engine import QueueFactory, QueueMessage\n"
+        "from queue_engine.backends.file import COMPILED\n"
+        "import queue_engine.backends.file.store as s\n"
+        "assert COMPILED and s.__file__.startswith(sys.argv[1]), s.__file__\n"
+        "m = QueueFactory.get_queue_manager(queue_type='file', cache_root=tempfile.mkdtemp())\n"
+        "u = m.add_message('q', QueueMessage(data={'n': 1}))\n"
+        "r = m.reserve('q', lease=5)\n"
+        "assert r is not None and r.uuid == u and r.data == {'n': 1}\n"
+        "m.ack('q', r, processed=True)\n"
+        "assert m.queue_status('q').last_message_processed.uuid == u\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(site)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.slow
+def test_a_failed_compile_installs_pure_python(tmp_path: Path) -> None:
+    names = _wheel(tmp_path, "1", CC="false")  # a compiler that always fails
+    assert not [n for n in names if n.endswith(".so")]
+    assert "queue_engine/backends/file/store.py" in names

@@ -24,7 +24,7 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
@@ -45,24 +45,24 @@ class RecordType:
     See queue_engine.backends.file.view for how each one applies.
     """
 
-    SEGMENT = 1  # first record of a segment; seq = first message seq the segment may hold
-    CREATE = 2  # queue created; body = {"attributes": {...}}
-    ADD = 3  # a message; body = QueueMessage.to_record() JSON; arg = due ms (0: none)
-    TAKE = 4  # removed by get_message
-    RESERVE = 5  # handed out; arg = lease deadline ms; body = holder "pid:starttime"
-    ACK = 6  # reserved message finished
-    RELEASE = 7  # reserved message given back; arg = due ms (0: now); body = error text
-    EXPIRE = 8  # lease ended or holder died; eligible again now
-    UPDATE = 9  # new content for a pending message, same place; like ADD
-    REMOVE = 10  # pending message deleted
-    STATUS = 11  # status record change; body = JSON
-    SEAL = 12  # nothing follows in this segment; continue in the next one
-    DESTROYED = 13  # queue destroyed; handles must reopen
-    MOVE = 14  # a pending message's body copied forward so old segments can go; state unchanged
-    FAIL = 15  # to the failed store; body = {"error": text} or {"errors": [...]}
-    REQUEUE = 16  # failed message back to the queue, same place; body = {"alias": alias or null}
-    CLEAN = 17  # segments below seq were deleted: every process unmaps them (frees their space)
-    PAD = 18  # written over damaged bytes (kept in quarantine/): readers skip it
+    SEGMENT: Final = 1  # first record of a segment; seq = first message seq the segment may hold
+    CREATE: Final = 2  # queue created; body = {"attributes": {...}}
+    ADD: Final = 3  # a message; body = QueueMessage.to_record() JSON; arg = due ms (0: none)
+    TAKE: Final = 4  # removed by get_message
+    RESERVE: Final = 5  # handed out; arg = lease deadline ms; body = holder "pid:starttime"
+    ACK: Final = 6  # reserved message finished
+    RELEASE: Final = 7  # reserved message given back; arg = due ms (0: now); body = error text
+    EXPIRE: Final = 8  # lease ended or holder died; eligible again now
+    UPDATE: Final = 9  # new content for a pending message, same place; like ADD
+    REMOVE: Final = 10  # pending message deleted
+    STATUS: Final = 11  # status record change; body = JSON
+    SEAL: Final = 12  # nothing follows in this segment; continue in the next one
+    DESTROYED: Final = 13  # queue destroyed; handles must reopen
+    MOVE: Final = 14  # a pending message's body copied forward so old segments can go; state unchanged
+    FAIL: Final = 15  # to the failed store; body = {"error": text} or {"errors": [...]}
+    REQUEUE: Final = 16  # failed message back to the queue, same place; body = {"alias": alias or null}
+    CLEAN: Final = 17  # segments below seq were deleted: every process unmaps them (frees their space)
+    PAD: Final = 18  # written over damaged bytes (kept in quarantine/): readers skip it
 
 
 #: Every type a valid record can have.
@@ -72,14 +72,14 @@ VALID_TYPES = frozenset(v for k, v in vars(RecordType).items() if not k.startswi
 class Flag:
     """Flag bits of ADD and UPDATE records (plain ints, see RecordType)."""
 
-    DEFERRED = 1
-    DISABLED = 2
-    ALIAS = 4  # the body has an alias (the view indexes it)
-    FOREIGN_UUID = 8  # uuid not minted by this queue (kept by a migration)
-    CONTINUED = 16  # more records of the same atomic group follow
-    FAILED = 32  # ADD straight into the failed store (direct mode): no alias, not "last inserted"
+    DEFERRED: Final = 1
+    DISABLED: Final = 2
+    ALIAS: Final = 4  # the body has an alias (the view indexes it)
+    FOREIGN_UUID: Final = 8  # uuid not minted by this queue (kept by a migration)
+    CONTINUED: Final = 16  # more records of the same atomic group follow
+    FAILED: Final = 32  # ADD straight into the failed store (direct mode): no alias, not "last inserted"
     #: An ADD with any of these is not a plain ready message, i.e. not in the stream.
-    NOT_STREAM = DEFERRED | DISABLED | FAILED
+    NOT_STREAM: Final = DEFERRED | DISABLED | FAILED
 
 
 class Header(NamedTuple):

@@ -169,10 +169,10 @@ class Segment:
                 except BufferError:  # a memoryview still exported; the GC will unmap it
                     pass
         for name in ("fd", "idx_fd"):
-            fd = getattr(self, name, None)
-            if fd is not None:
+            fd = getattr(self, name, -1)
+            if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-                setattr(self, name, None)
+                setattr(self, name, -1)  # closed (an int: the compiled build checks types)

@@ -254,7 +254,7 @@ class QueueStore:
         """fdatasync the current segment (caller holds ``_mutex`` or accepts a race)."""
         seg = self._segments.get(self.view.position[0])
         self.dirty = False
-        if seg is not None and seg.fd is not None:
+        if seg is not None and seg.fd >= 0:
             try:
                 os.fdatasync(seg.fd)
             except OSError as exc:
@@ -266,7 +266,7 @@ class QueueStore:
         """``with store._locked() as view:`` holds the queue lock with the view up to date."""
         return self
 
-    def _enter(self) -> QueueView:
+    def __enter__(self) -> QueueView:
         self._mutex.acquire()
         try:
             if self.closed:
@@ -286,11 +286,11 @@ class QueueStore:
                 self._load()
             self._sync()
         except BaseException:
-            self._exit()
+            self.__exit__()
             raise
         return self.view
 
-    def _exit(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             if len(self._segments) > 2:
                 self._unmap_idle()
@@ -300,11 +300,9 @@ class QueueStore:
 
     # The store is its own lock guard, used through _locked(): cheaper on every operation
     # than @contextmanager or a separate guard object.
-    __enter__ = _enter
-    __exit__ = _exit
 
     def _flock(self) -> None:
-        """Wait for the queue's flock, which another process holds (see :meth:`_enter`)."""
+        """Wait for the queue's flock, which another process holds (see :meth:`__enter__`)."""
         fd = self._lock_fd
         # The holder keeps the lock for microseconds: yield first, then back off gently.
         deadline = time.monotonic() + self.lock_timeout
