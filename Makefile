@@ -38,8 +38,7 @@ test-pure: $(STAMP)
 $(COMPILED_DIR)/.built: $(STAMP) $(COMPILED_SRC)
 	rm -rf $(COMPILED_DIR)
 	mkdir -p $(COMPILED_DIR)
-	cp -r queue_engine workers daemons scripts tests setup.py setup.cfg pyproject.toml \
-		config.ini.example README.md $(COMPILED_DIR)/
+	cp -r queue_engine setup.py setup.cfg pyproject.toml README.md $(COMPILED_DIR)/
 	find $(COMPILED_DIR) -name __pycache__ -prune -exec rm -rf {} +
 	cd $(COMPILED_DIR) && QENGINE_COMPILE=require ../../$(PY) setup.py -q build_ext --inplace
 	touch $@
