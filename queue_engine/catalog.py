@@ -32,6 +32,7 @@ from .message import QueueMessage, validate_queue_name
 __all__ = [
     "MANUAL_MODES",
     "CatalogEntry",
+    "check_entry",
     "ManualInsertionRefused",
     "QueueSummary",
     "add_manual",
@@ -83,6 +84,12 @@ class CatalogEntry:
         )
 
 
+def check_entry(*, description: str | None = None, class_name: str | None = None) -> tuple[str | None, str | None]:
+    """(description, class_name) as :func:`set_entry` stores them, or :class:`InvalidMessage`
+    naming the field: for callers that must refuse bad text before changing anything."""
+    return _check_text("description", description), _check_text("class", class_name)
+
+
 def _check_text(name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -114,8 +121,7 @@ def set_entry(
     one edit (catalogue edits are rare and manual).
     """
     validate_queue_name(queue)
-    description = _check_text("description", description)
-    class_name = _check_text("class", class_name)
+    description, class_name = check_entry(description=description, class_name=class_name)
     if not manager.queue_exists(queue):
         manager.create_queue(queue)
     current = get_entry(manager, queue) or CatalogEntry()

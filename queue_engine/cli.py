@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .errors import MessageNotFound, QueueEngineError
+from .errors import InvalidMessage, MessageNotFound, QueueEngineError, QueueNotFound, StorageError
 from .factory import QueueFactory
 from .manager import QueueManager
-from .message import QueueMessage, encode_data, validate_queue_name
+from .message import QueueMessage, encode_data, storable_epoch, validate_queue_name
 from .status import MessageRef, QueueStatus
 
 __all__ = [
@@ -102,6 +102,11 @@ def engine_errors() -> Iterator[None]:
         yield
     except QueueEngineError as exc:
         raise _to_cli_error(exc) from exc
+    except OSError as exc:  # a file the library does not wrap (permissions, a full disk): one line too
+        if isinstance(exc, BrokenPipeError):
+            raise
+        where = f": {exc.filename!r}" if exc.filename else ""
+        raise CliError(f"{exc.strerror or exc}{where}", StorageError.exit_code) from exc
 
 
 class QEngineGroup(click.Group):
@@ -190,7 +195,21 @@ class IsoDateTime(click.ParamType):
                     "such as 2024-05-01T14:30:00+02:00 (no offset means local time)",
                     USAGE_EXIT,
                 ) from None
-        return parsed.astimezone() if parsed.tzinfo is None else parsed
+        return storable_time(lambda: parsed.astimezone() if parsed.tzinfo is None else parsed, value, param)
+
+
+def storable_time(build: Callable[[], datetime], value: Any, param: click.Parameter | str | None) -> datetime:
+    """``build()``, a time given as option ``param`` = ``value``, if a queue can store it (UTC
+    years 1 to 9999), else a :class:`CliError` naming the option and the value."""
+    name = param if isinstance(param, str) else _option_name(param)
+    try:
+        when = build()
+        storable_epoch(when, name)
+    except (ValueError, OverflowError, InvalidMessage):
+        raise CliError(
+            f"invalid {name} {value!r}: out of the range a queue stores (years 1 to 9999 UTC)", USAGE_EXIT
+        ) from None
+    return when
 
 
 class Seconds(click.ParamType):
@@ -462,8 +481,13 @@ def create(
     --description, --manual/--no-manual and --class set its catalogue entry, also for an
     existing queue (options not given keep their value).
     """
+    catalogued = description is not None or manual is not None or class_name is not None
+    if catalogued:  # refuse bad catalogue text before the queue is created
+        from .catalog import check_entry
+
+        check_entry(description=description, class_name=class_name)
     created = app.manager.create_queue(queue, **dict(attrs))
-    if description is not None or manual is not None or class_name is not None:
+    if catalogued:
         from .catalog import set_entry
 
         set_entry(app.manager, queue, description=description, manual=manual, class_name=class_name)
@@ -510,7 +534,8 @@ def add(
     if defer_until is not None and delay is not None:
         raise CliError("use either --defer-until or --delay, not both", USAGE_EXIT)
     if delay is not None:
-        defer_until = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        seconds = delay
+        defer_until = storable_time(lambda: datetime.now(timezone.utc) + timedelta(seconds=seconds), delay, "--delay")
     with engine_errors():  # builds and validates the message before the manager exists
         message = QueueMessage(
             data=None if data is None else data.value, alias=alias, retries=retries,
@@ -528,10 +553,13 @@ def add(
 def get(app: AppContext, queue: str, as_json: bool) -> None:
     """Remove the first eligible message from QUEUE and print it as JSON.
 
-    Prints ``null`` when there is none (exit 0), so ``qengine get Q | jq`` always works.
-    ``--json`` is accepted for symmetry with the other read commands.
+    Prints ``null`` when there is none (exit 0), so ``qengine get Q | jq`` always works;
+    exit 3 if QUEUE does not exist. ``--json`` is accepted for symmetry with the other read
+    commands.
     """
     message = app.manager.get_message(queue)
+    if message is None and not app.manager.queue_exists(queue):
+        raise _to_cli_error(QueueNotFound(f"queue {queue!r} does not exist"))
     echo_json(None if message is None else message.to_dict())
     if message is None:
         click.echo(f"queue {queue!r} has no eligible message", err=True)
@@ -595,6 +623,11 @@ def find(
 
     Text output: one tab-separated line per message: uuid, alias, inserted_at, mode, flags.
     """
+    if inserted_from is not None and inserted_to is not None and inserted_from > inserted_to:
+        raise CliError(
+            f"--from {inserted_from.isoformat()} is after --to {inserted_to.isoformat()}: nothing could match",
+            USAGE_EXIT,
+        )
     messages = app.manager.find_messages(
         queue, uuid=uuid, alias=alias, username=username, disabled=disabled, execution_mode=mode,
         inserted_from=inserted_from, inserted_to=inserted_to, limit=limit,

@@ -196,7 +196,7 @@ def list_command(app: AppContext, as_json: bool) -> None:
 
 @daemon.command()
 @name_argument
-@click.option("-n", "--lines", type=WholeNumber(0), default=50, show_default=True, help="Lines to show.")
+@click.option("-n", "--lines", type=WholeNumber(0, 1_000_000), default=50, show_default=True, help="Lines to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing lines as they are written (Ctrl-C ends).")
 @pass_app
 def logs(app: AppContext, name: str, lines: int, follow: bool) -> None:

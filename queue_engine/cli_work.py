@@ -17,7 +17,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from typing import Any
 
 import click
@@ -35,6 +35,7 @@ from .cli import (
     format_value,
     json_option,
     pass_app,
+    storable_time,
 )
 from .errors import MessageNotFound, QueueNotFound
 from .manager import QueueManager
@@ -84,8 +85,8 @@ class DateBound(click.ParamType):
             pass
         else:
             if self.end:
-                return (datetime.combine(day + timedelta(days=1), time()) - timedelta(microseconds=1)).astimezone()
-            return datetime.combine(day, time()).astimezone()
+                return storable_time(lambda: datetime.combine(day, time.max).astimezone(), value, param)
+            return storable_time(lambda: datetime.combine(day, time()).astimezone(), value, param)
         if text[-1:] in ("Z", "z"):
             text = text[:-1] + "+00:00"
         try:
@@ -97,7 +98,7 @@ class DateBound(click.ParamType):
                 "or '2024-07-01 14:30:00' (no offset means local time)",
                 USAGE_EXIT,
             ) from None
-        return parsed.astimezone() if parsed.tzinfo is None else parsed
+        return storable_time(lambda: parsed.astimezone() if parsed.tzinfo is None else parsed, value, param)
 
 
 def _param_name(param: click.Parameter | None) -> str:

@@ -67,14 +67,16 @@ def parse_bool(where: str, raw: str, *, hint: str = ": use true or false") -> bo
     return value in _TRUE
 
 
-def parse_int(where: str, raw: str, *, minimum: int = 0) -> int:
-    """A whole number >= ``minimum`` or a ConfigurationError naming ``where`` and the value."""
+def parse_int(where: str, raw: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """A whole number in [``minimum``, ``maximum``] or a ConfigurationError naming ``where`` and the value."""
     try:
         value = int(raw)
     except ValueError:
         raise ConfigurationError(f"{where} = {raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigurationError(f"{where} = {raw!r} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{where} = {raw!r} must be <= {maximum}")
     return value
 
 
@@ -172,7 +174,7 @@ def _keys() -> dict[str, tuple[str, Callable[[str, str], Any]]]:
         "fsync": ("fsync", _conv_fsync),
         "fsyncInterval": ("fsync_interval", lambda w, v: parse_float(w, v, minimum=0.001)),
         "lockTimeout": ("lock_timeout", lambda w, v: parse_float(w, v, minimum=0.0)),
-        "segmentSize": ("segment_size", lambda w, v: parse_int(w, v, minimum=64 * 1024)),
+        "segmentSize": ("segment_size", lambda w, v: parse_int(w, v, minimum=64 * 1024, maximum=1 << 30)),
         "lease": ("lease", lambda w, v: parse_float(w, v, minimum=0.001)),
         "redisUrl": ("redis_url", _conv_redis_url),
         "redisHost": ("redis_host", _conv_text),

@@ -19,6 +19,7 @@ return None; ``queue_exists`` and ``destroy_queue`` return False; every other me
 from __future__ import annotations
 
 import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -26,13 +27,14 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from .config import Config
 from .errors import InvalidMessage, QueueEngineError
-from .message import QueueMessage, to_epoch, validate_queue_name
+from .message import ExecutionMode, QueueMessage, storable_epoch, validate_queue_name
 from .status import FailedMessage, QueueStatus
 
 __all__ = ["QueueManager", "OnDuplicate", "MessageFilter"]
 
 OnDuplicate = Literal["error", "ignore", "replace"]
 _ON_DUPLICATE = ("error", "ignore", "replace")
+_MAX_SECONDS = 1e9  # about 31 years: longer leases and delays are mistakes, and overflow backends
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -40,14 +42,27 @@ def _records_errors(method: F) -> F:
     """Remember the text of a raised QueueEngineError for get_last_error()."""
 
     @functools.wraps(method)
-    def wrapper(self: QueueManager, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # no named self: create_queue(q, self=1) is an attribute
         try:
-            return method(self, *args, **kwargs)
+            return method(*args, **kwargs)
         except QueueEngineError as exc:
-            self._last_error = str(exc)
+            args[0]._last_error = str(exc)
             raise
 
     return cast(F, wrapper)
+
+
+_MODE_VALUES = ("immediate", "deferred", ExecutionMode.IMMEDIATE, ExecutionMode.DEFERRED)
+
+
+def _seconds(name: str, value: object, *, positive: bool) -> float:
+    """``value`` as float seconds: a finite number, > 0 with ``positive`` else >= 0, at most
+    :data:`_MAX_SECONDS`; else :class:`InvalidMessage` naming ``name`` and the value."""
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (number > 0 if positive else number >= 0) or not number <= _MAX_SECONDS:
+        bound = "> 0" if positive else ">= 0"
+        raise InvalidMessage(f"invalid {name} {value!r}: a number of seconds {bound} and at most {_MAX_SECONDS:.0e}")
+    return float(number)
 
 
 class MessageFilter:
@@ -66,13 +81,24 @@ class MessageFilter:
         inserted_from: datetime | None = None,
         inserted_to: datetime | None = None,
     ) -> None:
+        """Raise :class:`InvalidMessage` naming a criterion of the wrong type or value."""
+        for name, text in (("uuid", uuid), ("alias", alias), ("username", username)):
+            if text is not None and not isinstance(text, str):
+                raise InvalidMessage(f"invalid {name} {text!r}: a string or None")
+        if disabled is not None and not isinstance(disabled, bool):
+            raise InvalidMessage(f"invalid disabled {disabled!r}: True, False or None")
+        if execution_mode is not None and execution_mode not in _MODE_VALUES:
+            raise InvalidMessage(f"invalid execution_mode {execution_mode!r}: 'immediate', 'deferred' or None")
+        for name, when in (("inserted_from", inserted_from), ("inserted_to", inserted_to)):
+            if when is not None and not isinstance(when, datetime):
+                raise InvalidMessage(f"invalid {name} {when!r}: a datetime or None")
         self.uuid = uuid
         self.alias = alias
         self.username = username
         self.disabled = disabled
-        self.execution_mode = None if execution_mode is None else str(getattr(execution_mode, "value", execution_mode))
-        self.inserted_from = None if inserted_from is None else to_epoch(inserted_from)
-        self.inserted_to = None if inserted_to is None else to_epoch(inserted_to)
+        self.execution_mode = None if execution_mode is None else ExecutionMode(execution_mode).value
+        self.inserted_from = None if inserted_from is None else storable_epoch(inserted_from, "inserted_from")
+        self.inserted_to = None if inserted_to is None else storable_epoch(inserted_to, "inserted_to")
 
     def matches(self, record: dict[str, Any]) -> bool:
         """True when a stored record (see QueueMessage.to_record) meets every criterion."""
@@ -120,7 +146,7 @@ class QueueManager(ABC):
 
     # -- queues -------------------------------------------------------------------------
     @_records_errors
-    def create_queue(self, queue: str, **attributes: Any) -> bool:
+    def create_queue(self, queue: str, /, **attributes: Any) -> bool:
         """Create ``queue`` with initial custom attributes. False if it already existed."""
         return self._create_queue(validate_queue_name(queue), attributes)
 
@@ -148,7 +174,9 @@ class QueueManager(ABC):
         the existing uuid instead (and sets it on ``message``), ``"replace"`` replaces the
         existing message's content in place (same uuid, same position). If the existing
         message is in flight it cannot change under its consumer: ``"replace"`` then adds
-        ``message`` anew and the alias moves to it.
+        ``message`` anew and the alias moves to it (the reserved message, if released, is
+        delivered again with its own content, but the alias belongs to the new one).
+        A message whose lease ended counts as waiting, not in flight.
         """
         return self._add_messages(
             validate_queue_name(queue), [self._check_message(message)], self._check_dup(on_duplicate)
@@ -176,9 +204,7 @@ class QueueManager(ABC):
         comes before the lease ends, or the holding process dies, it becomes eligible again.
         ``message.attempts`` counts the reservations including this one.
         """
-        lease = self.config.lease if lease is None else float(lease)
-        if not lease > 0:
-            raise InvalidMessage(f"invalid lease {lease!r}: a positive number of seconds")
+        lease = self.config.lease if lease is None else _seconds("lease", lease, positive=True)
         return self._reserve(validate_queue_name(queue), lease)
 
     @_records_errors
@@ -209,10 +235,9 @@ class QueueManager(ABC):
 
         The same reservation rules as :meth:`ack` apply.
         """
-        if not delay >= 0:
-            raise InvalidMessage(f"invalid delay {delay!r}: seconds >= 0")
+        delay = _seconds("delay", delay, positive=False)
         uuid, attempt = self._lease_key(message)
-        self._release(validate_queue_name(queue), uuid, attempt, float(delay), error)
+        self._release(validate_queue_name(queue), uuid, attempt, delay, error)
 
     # -- inspecting and changing --------------------------------------------------------
     @_records_errors
@@ -232,7 +257,13 @@ class QueueManager(ABC):
 
     @_records_errors
     def update_last_message_processed(self, queue: str, message: QueueMessage) -> None:
-        """Record ``message`` as the queue's last processed message (uuid, alias, now)."""
+        """Record ``message`` as the queue's last processed message (uuid, alias, now).
+
+        ``message`` is one the queue handed out (it has a uuid): else :class:`InvalidMessage`.
+        """
+        if not isinstance(message, QueueMessage) or not message.uuid:
+            what = "a message without a uuid" if isinstance(message, QueueMessage) else repr(message)
+            raise InvalidMessage(f"update_last_message_processed needs a message the queue handed out, not {what}")
         self._update_last_processed(validate_queue_name(queue), message.uuid, message.alias)
 
     @_records_errors
@@ -334,7 +365,7 @@ class QueueManager(ABC):
     ) -> list[FailedMessage]:
         """Failed messages whose failure time is within [since, until], in queue order."""
         self._check_limit(limit)
-        return self._failed_messages(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), limit)
+        return self._failed_messages(validate_queue_name(queue), *_time_range(since, until), limit)
 
     @_records_errors
     def requeue_failed(
@@ -352,7 +383,7 @@ class QueueManager(ABC):
         Requeued messages leave the failed store, so a second call finds nothing.
         """
         wanted = None if uuids is None else set(uuids)
-        return self._requeue_failed(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), wanted)
+        return self._requeue_failed(validate_queue_name(queue), *_time_range(since, until), wanted)
 
     @_records_errors
     def forget_failed(
@@ -365,7 +396,7 @@ class QueueManager(ABC):
     ) -> int:
         """Drop failed messages for good (same selection as :meth:`requeue_failed`); return how many."""
         wanted = None if uuids is None else set(uuids)
-        return self._forget_failed(validate_queue_name(queue), _epoch_or_none(since), _epoch_or_none(until), wanted)
+        return self._forget_failed(validate_queue_name(queue), *_time_range(since, until), wanted)
 
     # -- moving queues between backends ---------------------------------------------------
     @_records_errors
@@ -504,5 +535,11 @@ class QueueManager(ABC):
     def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def _epoch_or_none(value: datetime | None) -> float | None:
-    return None if value is None else to_epoch(value)
+def _time_range(since: datetime | None, until: datetime | None) -> tuple[float | None, float | None]:
+    """(since, until) as epoch seconds (None: open ended), or :class:`InvalidMessage`."""
+    bounds: list[float | None] = []
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not isinstance(value, datetime):
+            raise InvalidMessage(f"invalid {name} {value!r}: a datetime or None")
+        bounds.append(None if value is None else storable_epoch(value, name))
+    return bounds[0], bounds[1]

@@ -20,6 +20,7 @@ __all__ = [
     "validate_queue_name",
     "to_epoch",
     "from_epoch",
+    "storable_epoch",
     "encode_data",
 ]
 
@@ -74,6 +75,28 @@ def from_epoch(value: float | None) -> datetime | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def storable_epoch(value: datetime, name: str) -> float:
+    """Epoch seconds of ``value`` when a queue can store it and read it back as a datetime
+    (UTC years 1 to 9999), else :class:`InvalidMessage` naming ``name`` and the value."""
+    try:
+        epoch = to_epoch(value)
+        datetime.fromtimestamp(epoch, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidMessage(
+            f"invalid {name} {value.isoformat()!r}: out of the range a queue stores (years 1 to 9999 UTC)"
+        ) from None
+    return epoch
+
+
+def _clamped(epoch: float | None) -> datetime | None:
+    """:func:`from_epoch`, with a value beyond datetime's range read as its first or last day
+    (records written before :func:`storable_epoch` checked deferrals stay readable)."""
+    try:
+        return from_epoch(epoch)
+    except (ValueError, OverflowError, OSError):
+        return datetime.max.replace(tzinfo=_UTC) if epoch and epoch > 0 else datetime.min.replace(tzinfo=_UTC)
 
 
 def encode_data(data: Any) -> str:
@@ -227,6 +250,7 @@ class QueueMessage:
         if self.deferred_until is not None:
             if not isinstance(self.deferred_until, datetime):
                 raise InvalidMessage(f"invalid deferred_until {self.deferred_until!r}: a datetime is required")
+            storable_epoch(self.deferred_until, "deferred_until")
             self.execution_mode = _DEFERRED
         elif self.execution_mode is _DEFERRED:
             raise InvalidMessage("execution_mode 'deferred' needs deferred_until")
@@ -264,11 +288,14 @@ class QueueMessage:
         mode = record.get("execution_mode", "immediate")
         msg.execution_mode = _MODES.get(mode) or ExecutionMode(mode)  # the call raises for a bad one
         deferred = record.get("deferred_until")
-        msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, _UTC)
+        inserted = record.get("inserted_at")
+        try:
+            msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, _UTC)
+            msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, _UTC)
+        except (ValueError, OverflowError, OSError):  # out of datetime's range: never blocks a read
+            msg.deferred_until, msg.inserted_at = _clamped(deferred), _clamped(inserted)
         msg.disabled = bool(record.get("disabled", False))
         msg.username = record.get("username")
-        inserted = record.get("inserted_at")
-        msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, _UTC)
         msg.attempts = attempts
         msg.queue = queue
         return msg

@@ -446,6 +446,17 @@ def publish(
     if not queues:
         log.info("topic %r has no subscribers: nothing published", topic)
         return {}
+    if alias is not None:  # refuse before any queue changes (the prepare step still catches a race)
+        for queue in queues:
+            held = manager.find_messages(queue, alias=alias, limit=1)
+            if held:
+                raise DuplicateAlias(
+                    f"cannot publish to topic {topic!r}: queue {queue!r} already has a pending message "
+                    f"with alias {alias!r} (uuid {held[0].uuid})",
+                    queue=queue,
+                    alias=alias,
+                    uuid=held[0].uuid or "",
+                )
     message.inserted_at = from_epoch(time.time())  # one publish time for every copy
     record = message.to_record()
     targets = {queue: str(uuid_module.uuid4()) for queue in queues}

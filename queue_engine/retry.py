@@ -27,8 +27,10 @@ def _seconds(name: str, value: object, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"invalid {name} {value!r}: a number of seconds")
     number = float(value)
-    if not math.isfinite(number) or number < 0 or (positive and number == 0):
-        raise ConfigurationError(f"invalid {name} {value!r}: a finite number {'>' if positive else '>='} 0")
+    if not math.isfinite(number) or number < 0 or (positive and number == 0) or number > 1e9:
+        raise ConfigurationError(
+            f"invalid {name} {value!r}: a number {'>' if positive else '>='} 0 and at most 1e9 (about 31 years)"
+        )
     return number
 
 

@@ -72,6 +72,14 @@ def test_create_and_list_json(config: Path, mgr: QueueManager, tmp_path: Path) -
     assert (rows["plain"]["catalogued"], rows["plain"]["manual"]) == (False, True)
 
 
+@pytest.mark.parametrize("option", ["--description", "--class"])
+def test_create_with_bad_catalogue_text_creates_nothing(config: Path, mgr: QueueManager, option: str) -> None:
+    result = run(config, "create", "brandnew", option, "x" * 1001)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "at most 1000 characters" in result.stderr
+    assert mgr.queue_exists("brandnew") is False
+
+
 def test_create_updates_an_existing_entry(config: Path, mgr: QueueManager) -> None:
     ok(run(config, "create", "VKM", "--description", "old", "--class", "Shipping"))
     assert ok(run(config, "create", "VKM", "--description", "new", "--no-manual")) == "exists\n"

@@ -157,6 +157,11 @@ def test_create_with_attributes(run: Run) -> None:
     assert attrs == {"n": 1, "owner": "ops team", "cfg": {"x": [1, True]}, "empty": "", "nan": "NaN"}
 
 
+def test_create_with_attributes_named_like_parameters(run: Run) -> None:
+    assert_ok(run("create", "jobs", "--attr", "queue=1", "--attr", "self=2"))
+    assert _json(run("status", "jobs", "--json"))["custom_attributes"] == {"queue": 1, "self": 2}
+
+
 @pytest.mark.parametrize("attr", ["novalue", "=1"])
 def test_create_bad_attribute(run: Run, config: Path, attr: str) -> None:
     assert_user_error(run("create", "jobs", "--attr", attr), 2, repr(attr))
@@ -256,6 +261,9 @@ BAD_ADD_ARGS: list[tuple[list[str], str | None, int, list[str]]] = [
     (["--delay", "-5"], None, 2, ["--delay", "'-5'"]),
     (["--delay", "nan"], None, 2, ["--delay", "'nan'"]),
     (["--delay", "soon"], None, 2, ["--delay", "'soon'"]),
+    (["--delay", "1e12"], None, 2, ["--delay", "out of the range"]),  # past year 9999
+    (["--defer-until", "0001-01-01T00:00:00+01:00"], None, 2, ["--defer-until", "0001-01-01", "out of the range"]),
+    (["--defer-until", "9999-12-31T23:59:59.999999+00:00"], None, 2, ["--defer-until", "out of the range"]),
     (["--delay", "5", "--defer-until", "2030-01-01T00:00:00"], None, 2, ["--delay", "--defer-until"]),
     (["--retries", "-1"], None, 2, ["--retries", "'-1'"]),
     (["--retries", "2000000"], None, 2, ["--retries", "'2000000'"]),
@@ -305,7 +313,7 @@ def test_get_json_and_empty(run: Run) -> None:
     assert set(got) == set(QueueMessage().to_dict())
     empty = run("get", "jobs", "--json")
     assert assert_ok(empty).strip() == "null"
-    assert _json(run("get", "never-created", "--json")) is None
+    assert_user_error(run("get", "never-created", "--json"), 3, "'never-created'", "does not exist")
 
 
 def test_get_prints_json_without_the_flag(run: Run) -> None:
@@ -380,6 +388,8 @@ def test_find(run: Run) -> None:
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--from", "yesterday"], ["--from", "'yesterday'"]),
     (["--to", "2030-02-30"], ["--to", "'2030-02-30'"]),
+    (["--from", "0001-01-01T00:00:00+01:00"], ["--from", "out of the range"]),
+    (["--from", "2030-01-02", "--to", "2030-01-01"], ["--from", "is after --to"]),
     (["--limit", "-1"], ["--limit", "'-1'"]),
     (["--limit", "many"], ["--limit", "'many'"]),
 ])
@@ -505,3 +515,18 @@ def test_status_shows_failures_prominently(run: Run, config: Path) -> None:
     assert assert_ok(human).splitlines()[1] == "failed: 1"
     as_json = run("status", "jobs", "--json")
     assert _json(as_json)["failed"] == 1 and "FAILED" not in as_json.stdout
+
+
+@pytest.mark.parametrize("command", [["status", "jobs"], ["get", "jobs"], ["add", "jobs"], ["find", "jobs"],
+                                     ["failed", "jobs"], ["fsck", "jobs", "--repair"], ["queues"]])
+def test_a_queue_file_that_cannot_be_opened_is_one_line(run: Run, tmp_path: Path, command: list[str]) -> None:
+    """A queue's files must be readable and writable, even to read it (readers lock too). A
+    lock file that cannot be opened (here a directory; for another user, its permissions) is
+    an ``Error:`` line naming the file, exit 5, and the queue is left as it was."""
+    _add(run, "jobs", "--data", '"keep"')
+    lock = tmp_path / "data" / "queues" / "jobs" / "lock"
+    lock.unlink()
+    lock.mkdir()
+    assert_user_error(run(*command), 5, str(lock), "Is a directory")
+    lock.rmdir()
+    assert json.loads(assert_ok(run("get", "jobs")))["data"] == "keep"

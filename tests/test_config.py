@@ -145,6 +145,7 @@ def test_every_key_is_read(isolated: Path) -> None:
         ("segmentSize", "1024", ">= 65536"),
         ("segmentSize", "16MB", "not a whole number"),
         ("segmentSize", "1.5e6", "not a whole number"),
+        ("segmentSize", "99999999999999999999999", "<= 1073741824"),
         ("lease", "0", ">= 0.001"),
         ("lease", "-5", ">= 0.001"),
     ],

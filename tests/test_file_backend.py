@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid as uuidlib
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,8 @@ def test_uuid_minting_round_trips_and_looks_random() -> None:
     minted = [mint_uuid(seq, key) for seq in range(1, 200)]
     assert [seq_of_uuid(u, key) for u in minted] == list(range(1, 200))
     assert all(uuidlib.UUID(u).version == 8 for u in minted)
+    assert all(str(uuidlib.UUID(u)) == u for u in minted)  # canonical form: lower case, 8-4-4-4-12
+    assert seq_of_uuid(mint_uuid(0, 0), 0) == 0  # leading zero digits are kept
     assert len({u[:8] for u in minted}) > 150  # consecutive seqs do not share a prefix
     assert seq_of_uuid(str(uuidlib.uuid4()), key) is None
     assert seq_of_uuid("not-a-uuid", key) is None
@@ -282,3 +285,15 @@ def test_a_real_full_device_fails_adds_cleanly_and_recovers(tmp_path: Path) -> N
             assert m.add_message("q", QueueMessage(data="again"))
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_stored_time_beyond_datetime_range_does_not_block_the_queue(tmp_path: Path) -> None:
+    """Records written before deferrals were range-checked may hold a time datetime cannot
+    represent: reading them gives datetime's first or last day instead of failing every get."""
+    record = {"uuid": "u", "data": 1, "deferred_until": 1e20, "inserted_at": -1e20}
+    msg = QueueMessage.from_record(record)
+    assert msg.deferred_until == datetime.max.replace(tzinfo=timezone.utc)
+    assert msg.inserted_at == datetime.min.replace(tzinfo=timezone.utc)
+    assert QueueMessage.from_record({"uuid": "u", "inserted_at": 0.5}).inserted_at == datetime.fromtimestamp(
+        0.5, timezone.utc
+    )

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from queue_engine import (
     pubsub,
 )
 from queue_engine.cli import cli
+from queue_engine.permissions import PRIVATE
 
 HANG_GUARD = 60.0  # seconds; only so a broken build cannot hang the suite
 
@@ -144,7 +146,24 @@ def test_publish_alias_conflict_is_all_or_none(mgr: QueueManager) -> None:
 
     assert mgr.find_messages("q-a") == [] and mgr.find_messages("q-b") == []
     assert [m.uuid for m in mgr.find_messages("q-c")] == [held]
-    assert list(pubsub.intents_dir(mgr).iterdir()) == []
+    assert mgr.queue_status("q-a").last_message_inserted is None  # refused before any queue changed
+    assert not pubsub.intents_dir(mgr).exists() or list(pubsub.intents_dir(mgr).iterdir()) == []
+
+
+def test_an_alias_taken_after_the_check_rolls_the_copies_back(mgr: QueueManager) -> None:
+    """The race the up-front check cannot close: the alias is taken between the check and the
+    prepare step. The prepared copies are removed again and the intent is finished."""
+    for queue in ("q-a", "q-b", "q-c"):
+        pubsub.subscribe(mgr, "products", queue)
+    held = mgr.add_message("q-c", QueueMessage(data="mine", alias="p-1"))  # q-c is prepared last
+    record = QueueMessage(data={"id": 1}, alias="p-1").to_record()
+    targets = {queue: str(uuidlib.uuid4()) for queue in ("q-a", "q-b", "q-c")}
+    intent = pubsub._write_intent(pubsub.intents_dir(mgr), "products", targets, record, PRIVATE)
+    with pytest.raises(DuplicateAlias, match="p-1"):
+        pubsub._complete(mgr, intent)
+    pubsub._finish(intent)
+    assert mgr.find_messages("q-a") == [] and mgr.find_messages("q-b") == []
+    assert [m.uuid for m in mgr.find_messages("q-c")] == [held]
 
 
 def test_invalid_payload_is_refused_before_anything_is_written(mgr: QueueManager) -> None:

@@ -72,6 +72,11 @@ def test_destroy_drops_messages_and_aliases(manager: QueueManager, drain: Drain)
     assert datas(drain(manager, Q)) == [2]
 
 
+def test_attributes_may_be_named_queue_or_self(manager: QueueManager) -> None:
+    assert manager.create_queue(Q, queue="anpr", self=1) is True
+    assert manager.queue_status(Q).custom_attributes == {"queue": "anpr", "self": 1}
+
+
 def test_create_queue_with_attributes(manager: QueueManager) -> None:
     assert manager.create_queue(Q, owner="anpr", limits={"rate": 5}) is True
     assert manager.queue_status(Q).custom_attributes == {"owner": "anpr", "limits": {"rate": 5}}
@@ -424,6 +429,34 @@ def test_naive_deferred_until_is_local_time(manager: QueueManager) -> None:
     assert manager.get_message(Q) is None
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),  # year 0 in UTC
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),  # year 10000 once a float
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-14))),
+    ],
+)
+def test_deferral_a_queue_cannot_read_back_is_refused(manager: QueueManager, when: datetime) -> None:
+    manager.add_message(Q, msg("keep"))
+    with pytest.raises(InvalidMessage, match="deferred_until.*out of the range"):
+        manager.add_message(Q, msg(1, deferred_until=when))
+    with pytest.raises(InvalidMessage, match="deferred_until"):
+        manager.update_message(Q, manager.find_messages(Q)[0].copy(deferred_until=when))
+    got = manager.get_message(Q)
+    assert got is not None and got.data == "keep" and got.deferred_until is None
+
+
+def test_deferral_at_the_ends_of_the_range_is_kept(manager: QueueManager) -> None:
+    early = datetime(1, 1, 2, tzinfo=timezone.utc)
+    late = datetime(9999, 12, 30, tzinfo=timezone.utc)
+    manager.add_message(Q, msg(1, deferred_until=early))
+    manager.add_message(Q, msg(2, deferred_until=late))
+    assert [m.deferred_until for m in manager.find_messages(Q)] == [early, late]
+    got = manager.get_message(Q)
+    assert got is not None and got.data == 1
+
+
 def test_deferred_mode_without_time_is_refused(manager: QueueManager) -> None:
     with pytest.raises(InvalidMessage, match="deferred_until"):
         manager.add_message(Q, msg(1, execution_mode="deferred"))
@@ -439,6 +472,7 @@ def test_duplicate_alias_raises_with_existing_uuid(manager: QueueManager, drain:
         manager.add_message(Q, second)
     assert (info.value.uuid, info.value.alias, info.value.queue) == (first, "k", Q)
     assert "'k'" in str(info.value)
+    assert (second.uuid, second.inserted_at) == (None, None)  # the refused message is left as it was
     assert manager.queue_status(Q).messages_to_process == 1
     assert datas(drain(manager, Q)) == [1]
 
@@ -679,19 +713,56 @@ def test_ack_unknown_or_unreserved_is_lease_lost(manager: QueueManager, drain: D
     assert datas(drain(manager, Q)) == [1]
 
 
-@pytest.mark.parametrize("lease", [0, -1, float("nan")])
-def test_invalid_lease(manager: QueueManager, lease: float) -> None:
+@pytest.mark.parametrize("lease", [0, -1, float("nan"), float("inf"), 1e12, "10", True])
+def test_invalid_lease(manager: QueueManager, lease: Any) -> None:
+    manager.add_message(Q, msg(1))
     with pytest.raises(InvalidMessage, match="lease"):
         manager.reserve(Q, lease=lease)
+    assert "lease" in (manager.get_last_error() or "")
+    assert manager.queue_status(Q).ready == 1  # nothing was handed out
 
 
-def test_invalid_release_delay(manager: QueueManager) -> None:
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf"), 1e12, "5", None])
+def test_invalid_release_delay(manager: QueueManager, delay: Any) -> None:
     manager.add_message(Q, msg(1))
     reserved = manager.reserve(Q, lease=LONG_LEASE)
     assert reserved is not None
     with pytest.raises(InvalidMessage, match="delay"):
-        manager.release(Q, reserved, delay=-1)
+        manager.release(Q, reserved, delay=delay)
+    assert "delay" in (manager.get_last_error() or "")
     manager.ack(Q, reserved)  # still held
+
+
+def test_ended_lease_frees_the_message_for_status_update_replace_and_remove(manager: QueueManager) -> None:
+    """Once its lease ended, a message is waiting again for every operation, not only for
+    the next reserve: status counts it ready, and replace, update and remove may change it."""
+    uid = manager.add_message(Q, msg(1, alias="a"))
+    assert manager.reserve(Q, lease=0.05) is not None
+    time.sleep(0.1)
+    status = manager.queue_status(Q)
+    assert (status.ready, status.in_flight, status.messages_to_process) == (1, 0, 1)
+    assert manager.add_message(Q, msg(2, alias="a"), on_duplicate="replace") == uid  # in place
+    assert [(m.uuid, m.data) for m in manager.find_messages(Q)] == [(uid, 2)]
+    manager.update_message(Q, manager.find_messages(Q, uuid=uid)[0].copy(data=3))
+    assert datas(manager.find_messages(Q)) == [3]
+    assert manager.remove_message(Q, uid) is True
+    assert manager.queue_status(Q).messages_to_process == 0
+
+
+@pytest.mark.parametrize("change", ["update", "replace"])
+def test_changing_a_released_message_keeps_its_delay(manager: QueueManager, change: str) -> None:
+    manager.add_message(Q, msg(1, alias="a"))
+    reserved = manager.reserve(Q, lease=LONG_LEASE)
+    assert reserved is not None
+    manager.release(Q, reserved, delay=600)
+    if change == "update":
+        manager.update_message(Q, manager.find_messages(Q)[0].copy(data=2))
+    else:
+        manager.add_message(Q, msg(2, alias="a"), on_duplicate="replace")
+    assert manager.get_message(Q) is None  # still waiting out the release's delay
+    status = manager.queue_status(Q)
+    assert (status.ready, status.deferred, status.messages_to_process) == (0, 1, 1)
+    assert datas(manager.find_messages(Q)) == [2]
 
 
 # -- status -------------------------------------------------------------------------------
@@ -741,6 +812,14 @@ def test_status_last_inserted_and_processed(manager: QueueManager) -> None:
     assert processed is not None and processed.timestamp is not None
     assert (processed.uuid, processed.alias) == (got.uuid, "one")
     assert before - 1 <= processed.timestamp.timestamp() <= after + 1
+
+
+@pytest.mark.parametrize("message", [None, "a-uuid", "no uuid"])
+def test_update_last_processed_needs_a_handed_out_message(manager: QueueManager, message: Any) -> None:
+    manager.create_queue(Q)
+    with pytest.raises(InvalidMessage, match="handed out"):
+        manager.update_last_message_processed(Q, msg(1) if message == "no uuid" else message)
+    assert manager.queue_status(Q).last_message_processed is None
 
 
 def test_status_modify_time_moves_forward(manager: QueueManager) -> None:
@@ -847,6 +926,25 @@ def test_find_limit(manager: QueueManager, filled: list[QueueMessage]) -> None:
     assert datas(manager.find_messages(Q, limit=100)) == list(range(6))
     with pytest.raises(InvalidMessage, match="limit"):
         manager.find_messages(Q, limit=-1)
+
+
+@pytest.mark.parametrize(
+    ("criteria", "named"),
+    [
+        ({"uuid": 123}, "uuid"),
+        ({"alias": ["k"]}, "alias"),
+        ({"username": 7}, "username"),
+        ({"disabled": "no"}, "disabled"),
+        ({"execution_mode": "bogus"}, "execution_mode"),
+        ({"inserted_from": "2020-01-01"}, "inserted_from"),
+        ({"inserted_to": 0}, "inserted_to"),
+    ],
+)
+def test_find_refuses_bad_criteria(manager: QueueManager, criteria: dict[str, Any], named: str) -> None:
+    manager.add_message(Q, msg(1))
+    with pytest.raises(InvalidMessage, match=named):
+        manager.find_messages(Q, **criteria)
+    assert named in (manager.get_last_error() or "")
 
 
 def test_find_does_not_consume(manager: QueueManager, filled: list[QueueMessage]) -> None:

@@ -23,6 +23,20 @@ from .store import QueueStore, init_queue_dir
 __all__ = ["FileQueueManager"]
 
 
+_OPEN_MANAGERS: weakref.WeakSet[FileQueueManager] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Release, in a forked child, the locks and lock descriptors inherited from the parent."""
+    for manager in list(_OPEN_MANAGERS):
+        manager._stores_lock = threading.Lock()
+        for store in list(manager._stores.values()):
+            store.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class FileQueueManager(QueueManager):
     """Queues as folders of append-only logs under ``<cacheRoot>/queues``.
 
@@ -45,6 +59,7 @@ class FileQueueManager(QueueManager):
         check_data_dir(self.root, "the queues folder", self.modes)
         self._stores: dict[str, QueueStore] = {}
         self._stores_lock = threading.Lock()
+        _OPEN_MANAGERS.add(self)
         self._flusher: _Flusher | None = None
         if config.fsync == "batch":
             self._flusher = _Flusher(self, config.fsync_interval)

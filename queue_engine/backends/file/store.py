@@ -93,7 +93,7 @@ def mint_uuid(seq: int, key: int) -> str:
         | (0b10 << 62)
         | (rand & ((1 << 62) - 1))
     )
-    h = f"{value:032x}"
+    h = value.to_bytes(16, "big").hex()  # a third cheaper than f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -187,7 +187,12 @@ class QueueStore:
         if not self.log_dir.is_dir():
             raise StorageError(f"queue {self.name!r} vanished while opening it")
         # O_CREAT: a deleted lock file is recreated (it holds no data, only the flock)
-        self._lock_fd = self.modes.open(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        try:
+            self._lock_fd = self.modes.open(self.path / "lock", os.O_RDWR | os.O_CREAT)
+        except OSError as exc:  # readers lock too: a queue needs read and write access
+            raise StorageError(
+                f"queue {self.name!r}: cannot open {str(self.path / 'lock')!r} for reading and writing: {exc.strerror}"
+            ) from None
         self._pid = os.getpid()
         self.view = QueueView()
         self._loaded = False
@@ -229,6 +234,22 @@ class QueueStore:
             self.log_dir, 1, self.segment_size, 1, encode(RecordType.SEGMENT, 1, ts=_now_ms()), self.modes
         )
         return 1
+
+    def after_fork_in_child(self) -> None:
+        """In a child just forked: let go of what was the parent's, before anything else runs.
+
+        The flock belongs to the descriptor the child inherited: kept open, it would hold the
+        queue locked after the parent died. A mutex some other thread of the parent held
+        would stay held for ever. (Later, descriptors may have been closed and their numbers
+        reused, by a daemon library for example: this is the only safe moment.)
+        """
+        self._mutex = threading.Lock()
+        if self._lock_fd >= 0:
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = -1
 
     def _close_files(self) -> None:
         for seg in self._segments.values():
@@ -757,20 +778,27 @@ class QueueStore:
             self._checkpoint()
 
     def _roll(self, seg: Segment, off: int, need: int) -> Segment:
-        """Start segment N+1 and seal segment N; return the new segment."""
+        """Seal segment N, then start segment N+1; return the new segment.
+
+        In this order a crash between the two leaves a sealed segment without a successor,
+        which the next reader creates (:meth:`_segment_after`). The other order would leave
+        an unsealed segment with a successor: a process opening the queue then would take
+        the seal for lost and write in N+1, while processes that had the queue open go on
+        writing in N, and their next roll would replace N+1 and what it held.
+        """
         size = max(self.segment_size, need + 2 * HEADER_SIZE + len(_SEAL) + 4096)
         size = (size + 4095) // 4096 * 4096
         nxt = seg.segno + 1
+        seg.write(off, _SEAL)
+        if self.fsync != "never":
+            seg.sync()
         head = encode(RecordType.SEGMENT, self.view.next_seq, ts=_now_ms())
         create_segment(self.log_dir, nxt, size, self.view.next_seq, head, self.modes)
         if self.fsync == "always":
             fsync_dir(self.log_dir)
-        stale = self._segments.pop(nxt, None)  # a leftover of a writer that died mid-roll
+        stale = self._segments.pop(nxt, None)  # a leftover of an earlier version's interrupted roll
         if stale is not None:
             stale.close()
-        seg.write(off, _SEAL)
-        if self.fsync != "never":
-            seg.sync()
         self._replay()  # applies SEAL and the new SEGMENT record
         self._checkpoint()
         return self._segment(self.view.position[0])
@@ -804,6 +832,10 @@ class QueueStore:
             fsync_dir(self.path)
         except OSError:
             return  # a checkpoint is an optimisation: the log is still complete, keep it all
+        # Also files below ``keep`` the view no longer lists: a process killed between its
+        # checkpoint's rename and these unlinks left them, and no checkpoint names them now.
+        on_disk = {int(p.stem) for p in self.log_dir.glob("*.log") if p.stem.isdigit()}
+        doomed = sorted(set(doomed) | {n for n in on_disk if n < keep})
         for segno in doomed:  # only now that no checkpoint points before ``keep``
             seg = self._segments.pop(segno, None)
             if seg is not None:
@@ -899,6 +931,8 @@ class QueueStore:
                 return [self._add_ready(msg)]
         with self._locked() as view:
             now = _now_ms()
+            if view.n_inflight:  # an ended lease no longer holds its message (alias replace)
+                self._reap(now)
             seq = view.next_seq
             items: list[tuple[int, int, bytes, int, int]] = []  # (type, seq, body, flags, due)
             batch: dict[str, tuple[int, str, int]] = {}  # alias -> (seq, uuid, item) in this call
@@ -909,6 +943,7 @@ class QueueStore:
                 data_json = encode_data(msg.data)
                 alias = msg.alias
                 target: tuple[int, str, int] | None = None  # replace this (seq, uuid, item|-1)
+                kept_inserted: datetime | None = None  # the replaced message's insertion time
                 if alias is not None:
                     prior = batch.get(alias)
                     if prior is None and alias in view.alias_index:
@@ -917,7 +952,7 @@ class QueueStore:
                             record = self._read(found[0])
                             prior = (view.alias_index[alias], str(record.get("uuid")), -1)
                             if found[1] != INFLIGHT:
-                                msg.inserted_at = from_epoch(record.get("inserted_at"))
+                                kept_inserted = from_epoch(record.get("inserted_at"))
                                 target = prior
                     elif prior is not None:
                         target = prior
@@ -936,8 +971,7 @@ class QueueStore:
                             continue
                 if target is not None:  # replace: same uuid, same place, new content
                     msg.uuid = target[1]
-                    if msg.inserted_at is None:
-                        msg.inserted_at = from_epoch(now / 1000)
+                    msg.inserted_at = kept_inserted or from_epoch(now / 1000)
                     kind = RecordType.UPDATE if target[2] < 0 else items[target[2]][0]
                     item = (kind, target[0], _message_body(msg, data_json), _flags(msg), _due_ms(msg))
                     if target[2] < 0:
@@ -1152,6 +1186,8 @@ class QueueStore:
     def status(self) -> QueueStatus:
         with self._locked() as view:
             now = _now_ms()
+            if view.n_inflight:  # count ended leases as ready, as get and reserve will see them
+                self._reap(now)
             ready, deferred, disabled, in_flight = view.counts(now)
             li = view.last_inserted
             inserted = None if li is None else MessageRef(li[0], li[1], from_epoch(li[2] / 1000))
@@ -1257,6 +1293,8 @@ class QueueStore:
     def update(self, msg: QueueMessage) -> None:
         assert msg.uuid is not None
         with self._locked() as view:
+            if view.n_inflight:
+                self._reap(_now_ms())
             hit = self._find_uuid(msg.uuid)
             if hit is None:
                 raise MessageNotFound(f"queue {self.name!r} has no pending message with uuid {msg.uuid}")
@@ -1278,7 +1316,9 @@ class QueueStore:
         self.sync_after_write(seg)
 
     def remove(self, uuid: str) -> bool:
-        with self._locked():
+        with self._locked() as view:
+            if view.n_inflight:
+                self._reap(_now_ms())
             hit = self._find_uuid(uuid)
             if hit is None:
                 return False

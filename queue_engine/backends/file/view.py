@@ -60,6 +60,7 @@ class Entry:
         "in_due",
         "errors",
         "failed_at",
+        "retry_at",
     )
 
     def __init__(self, seq: int, state: int, loc: Loc, due: int = 0, attempts: int = 0) -> None:
@@ -74,6 +75,7 @@ class Entry:
         self.in_due = False
         self.errors: list[str] = []  # errors of failed attempts so far (release, fail)
         self.failed_at = 0
+        self.retry_at = 0  # not before this (ms), set by a release with a delay; 0 for none
 
     def to_list(self) -> list[Any]:
         return [
@@ -87,12 +89,15 @@ class Entry:
             self.holder,
             self.errors,
             self.failed_at,
+            self.retry_at,
         ]
 
     @classmethod
     def from_list(cls, row: list[Any]) -> Entry:
         e = cls(row[0], row[1], (row[2], row[3]), row[4], row[5])
         e.deadline, e.holder, e.errors, e.failed_at = row[6], row[7], list(row[8]), row[9]
+        if len(row) > 10:  # checkpoints written before retry_at existed have ten fields
+            e.retry_at = row[10]
         return e
 
 
@@ -403,7 +408,7 @@ class QueueView:
                 if t == RecordType.RELEASE:
                     if h.length:
                         e.errors.append(bytes(body).decode("utf-8", "replace"))
-                    self._change(e, WAITING, due=h.arg, deadline=0, holder="")
+                    self._change(e, WAITING, due=h.arg, retry_at=h.arg, deadline=0, holder="")
                 else:  # the holder is kept: it may still ack late (see QueueStore._inflight)
                     self._change(e, WAITING, due=0, deadline=0)
             return
@@ -449,7 +454,7 @@ class QueueView:
         if t == RecordType.REQUEUE:
             e = self.entries.get(seq)
             if e is not None and e.state == FAILED:
-                self._change(e, WAITING, due=0, attempts=0, errors=[], failed_at=0)
+                self._change(e, WAITING, due=0, attempts=0, errors=[], failed_at=0, retry_at=0)
                 alias = json.loads(bytes(body)).get("alias")
                 if alias is not None:
                     self.alias_of[seq] = alias
@@ -519,8 +524,9 @@ class QueueView:
         if e.state == INFLIGHT:  # writers refuse this; keep the body for the next delivery
             e.loc = loc
             return
+        # A new body brings its own deferral; the delay of a release (retry_at) stays.
         state = DISABLED if flags & Flag.DISABLED else WAITING
-        self._change(e, state, loc=loc, due=h.arg if flags & Flag.DEFERRED else 0)
+        self._change(e, state, loc=loc, due=max(h.arg if flags & Flag.DEFERRED else 0, e.retry_at))
 
     def live_segments(self) -> int:
         """The oldest segment number any pending message or the stream still needs."""
