@@ -1187,7 +1187,10 @@ class QueueStore:
         with self._locked() as view:
             now = _now_ms()
             if view.n_inflight:  # count ended leases as ready, as get and reserve will see them
-                self._reap(now)
+                try:
+                    self._reap(now)
+                except StorageError:  # a full disk: still report; they count as in flight then
+                    pass
             ready, deferred, disabled, in_flight = view.counts(now)
             li = view.last_inserted
             inserted = None if li is None else MessageRef(li[0], li[1], from_epoch(li[2] / 1000))
