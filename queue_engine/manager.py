@@ -89,16 +89,12 @@ class MessageFilter:
             raise InvalidMessage(f"invalid disabled {disabled!r}: True, False or None")
         if execution_mode is not None and execution_mode not in _MODE_VALUES:
             raise InvalidMessage(f"invalid execution_mode {execution_mode!r}: 'immediate', 'deferred' or None")
-        for name, when in (("inserted_from", inserted_from), ("inserted_to", inserted_to)):
-            if when is not None and not isinstance(when, datetime):
-                raise InvalidMessage(f"invalid {name} {when!r}: a datetime or None")
         self.uuid = uuid
         self.alias = alias
         self.username = username
         self.disabled = disabled
         self.execution_mode = None if execution_mode is None else ExecutionMode(execution_mode).value
-        self.inserted_from = None if inserted_from is None else storable_epoch(inserted_from, "inserted_from")
-        self.inserted_to = None if inserted_to is None else storable_epoch(inserted_to, "inserted_to")
+        self.inserted_from, self.inserted_to = _time_range(inserted_from, inserted_to, ("inserted_from", "inserted_to"))
 
     def matches(self, record: dict[str, Any]) -> bool:
         """True when a stored record (see QueueMessage.to_record) meets every criterion."""
@@ -535,10 +531,13 @@ class QueueManager(ABC):
     def _update_queue_meta(self, queue: str, changes: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def _time_range(since: datetime | None, until: datetime | None) -> tuple[float | None, float | None]:
-    """(since, until) as epoch seconds (None: open ended), or :class:`InvalidMessage`."""
+def _time_range(
+    since: datetime | None, until: datetime | None, names: tuple[str, str] = ("since", "until")
+) -> tuple[float | None, float | None]:
+    """(since, until) as epoch seconds (None: open ended), or :class:`InvalidMessage` naming
+    the bound (``names``) and its value."""
     bounds: list[float | None] = []
-    for name, value in (("since", since), ("until", until)):
+    for name, value in zip(names, (since, until), strict=True):
         if value is not None and not isinstance(value, datetime):
             raise InvalidMessage(f"invalid {name} {value!r}: a datetime or None")
         bounds.append(None if value is None else storable_epoch(value, name))
