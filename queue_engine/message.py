@@ -99,6 +99,21 @@ def _clamped(epoch: float | None) -> datetime | None:
         return datetime.max.replace(tzinfo=_UTC) if epoch and epoch > 0 else datetime.min.replace(tzinfo=_UTC)
 
 
+_last_inserted: tuple[object, datetime | None] = (None, None)
+
+
+def _inserted_datetime(epoch: float) -> datetime:
+    """``datetime.fromtimestamp(epoch, UTC)``, remembered for the last value: messages added
+    together (a batch, a burst within one millisecond) are read back one after another."""
+    global _last_inserted
+    last = _last_inserted
+    if last[0] == epoch and last[1] is not None:
+        return last[1]
+    value = datetime.fromtimestamp(epoch, _UTC)
+    _last_inserted = (epoch, value)
+    return value
+
+
 def encode_data(data: Any) -> str:
     """Serialize ``data`` as strict JSON, or raise :class:`InvalidMessage`.
 
@@ -291,7 +306,7 @@ class QueueMessage:
         inserted = record.get("inserted_at")
         try:
             msg.deferred_until = None if deferred is None else datetime.fromtimestamp(deferred, _UTC)
-            msg.inserted_at = None if inserted is None else datetime.fromtimestamp(inserted, _UTC)
+            msg.inserted_at = None if inserted is None else _inserted_datetime(inserted)
         except (ValueError, OverflowError, OSError):  # out of datetime's range: never blocks a read
             msg.deferred_until, msg.inserted_at = _clamped(deferred), _clamped(inserted)
         msg.disabled = bool(record.get("disabled", False))

@@ -17,7 +17,7 @@ import pytest
 
 from queue_engine import QueueFactory, QueueMessage
 from queue_engine.backends.file import FileQueueManager
-from queue_engine.backends.file.store import mint_uuid, seq_of_uuid
+from queue_engine.backends.file.store import _insertion_stamp, mint_uuid, seq_of_uuid
 
 SMALL = 64 * 1024  # smallest segment size: rolls every few hundred messages
 
@@ -164,6 +164,24 @@ def test_uuid_minting_round_trips_and_looks_random() -> None:
     assert len({u[:8] for u in minted}) > 150  # consecutive seqs do not share a prefix
     assert seq_of_uuid(str(uuidlib.uuid4()), key) is None
     assert seq_of_uuid("not-a-uuid", key) is None
+
+
+def test_insertion_stamp_is_the_time_it_names_remembered_for_one_millisecond() -> None:
+    for now in (1_700_000_000_123, 1_700_000_000_123, 1_700_000_000_124, 0, 253_402_300_799_999):
+        stamp = _insertion_stamp(now)
+        assert stamp == (now, repr(now / 1000), datetime.fromtimestamp(now / 1000, timezone.utc))
+    first, again = _insertion_stamp(5), _insertion_stamp(5)
+    assert first[1] is again[1] and first[2] is again[2]  # the same millisecond: formatted once
+
+
+def test_adds_within_one_millisecond_carry_their_own_uuid_and_the_same_time(tmp_path: Path) -> None:
+    with open_manager(tmp_path) as m:
+        sent = [QueueMessage(data=i) for i in range(2000)]
+        for message in sent:
+            m.add_message("q", message)
+        got = m.find_messages("q")
+    assert [g.uuid for g in got] == [s.uuid for s in sent] and len({s.uuid for s in sent}) == 2000
+    assert [g.inserted_at for g in got] == [s.inserted_at for s in sent]
 
 
 def test_data_directories_and_files_are_private(tmp_path: Path) -> None:

@@ -103,3 +103,35 @@ def test_a_holder_that_died_but_was_not_reaped_yet_gives_its_message_back(tmp_pa
     finally:
         m.close()
         holder.wait()
+
+
+_FORK_WITH_A_BATCH_QUEUE_OPEN = """
+import os, sys, threading
+from queue_engine import QueueFactory, QueueMessage
+m = QueueFactory.get_queue_manager(queue_type="file", cache_root=sys.argv[1], fsync="batch")
+m.add_message("q", QueueMessage(data="parent"))
+inherited = m._with_store("q")
+pid = os.fork()
+if pid == 0:
+    # the parent's descriptors were let go at the fork, before any code of the child ran
+    closed = (inherited._lock_fd, inherited._segments) == (-1, {})
+    m.add_message("q", QueueMessage(data="child"))
+    own = m._with_store("q") is not inherited and m._flusher.pid == os.getpid()
+    flushing = any(t.name == "qengine-fsync" and t.is_alive() for t in threading.enumerate())
+    reused = inherited.get().data == "parent"  # a handle kept from the parent still works
+    os._exit(0 if closed and own and flushing and reused else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_opens_its_own_handles_and_fsync_thread(tmp_path: Path) -> None:
+    """After a fork the child drops the parent's handles: its first use of a queue opens one
+    of its own (which also starts the child's fsync=batch thread)."""
+    proc = subprocess.run([sys.executable, "-c", _FORK_WITH_A_BATCH_QUEUE_OPEN, str(tmp_path)], timeout=60)
+    assert proc.returncode == 0
+    m = QueueFactory.get_queue_manager(queue_type="file", cache_root=str(tmp_path), fsync="never")
+    try:
+        assert [x.data for x in m.find_messages("q")] == ["child"]
+    finally:
+        m.close()

@@ -339,6 +339,31 @@ def test_get_last_error_holds_the_last_failure(manager: QueueManager) -> None:
     assert "missing" in str(second.value)
 
 
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda m: m.add_message("a/b", msg(1)), InvalidQueueName),
+        (lambda m: m.add_message(Q, msg(1, alias="x")), DuplicateAlias),
+        (lambda m: m.add_message(Q, msg(1), on_duplicate="merge"), InvalidMessage),
+        (lambda m: m.get_message("a/b"), InvalidQueueName),
+        (lambda m: m.reserve(Q, lease=-1), InvalidMessage),
+        (lambda m: m.ack(Q, str(uuidlib.uuid4())), LeaseLost),
+        (lambda m: m.ack(Q, "x", processed=True), InvalidMessage),
+    ],
+    ids=["add-name", "add-alias", "add-on-duplicate", "get-name", "reserve-lease", "ack-unknown", "ack-processed"],
+)
+def test_per_message_methods_record_their_failure(
+    manager: QueueManager, call: Callable[[QueueManager], Any], error: type[Exception]
+) -> None:
+    """add_message, get_message, reserve and ack record their errors inline (not through the
+    wrapper the other methods share): the same text, the same exception, raised unchanged."""
+    manager.add_message(Q, msg(0, alias="x"))
+    with pytest.raises(error) as raised:
+        call(manager)
+    assert manager.get_last_error() == str(raised.value)
+    assert datas(manager.find_messages(Q)) == [0]  # nothing written
+
+
 # -- disabled and deferred ------------------------------------------------------------------
 
 

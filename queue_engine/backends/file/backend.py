@@ -27,11 +27,16 @@ _OPEN_MANAGERS: weakref.WeakSet[FileQueueManager] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """Release, in a forked child, the locks and lock descriptors inherited from the parent."""
+    """Release, in a forked child, the locks and descriptors inherited from the parent.
+
+    The parent's handles are dropped: the child's first use of each queue opens it anew
+    through :meth:`FileQueueManager._store`, which also starts the child's own fsync thread.
+    """
     for manager in list(_OPEN_MANAGERS):
         manager._stores_lock = threading.Lock()
         for store in list(manager._stores.values()):
             store.after_fork_in_child()
+        manager._stores = {}
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -67,12 +72,13 @@ class FileQueueManager(QueueManager):
     # -- store handles ------------------------------------------------------------------
     def _store(self, queue: str, *, create: bool = False) -> QueueStore | None:
         """The open store for ``queue``; None when it does not exist (and ``create`` is off)."""
-        flusher = self._flusher
-        if flusher is not None and flusher.pid != os.getpid():
-            self._flusher = _Flusher(self, self.config.fsync_interval)  # threads do not survive fork
         store = self._stores.get(queue)
         if store is not None and not store.view.destroyed:
             return store
+        # Opening (after a fork too: the child starts with no handle, see _after_fork_in_child)
+        flusher = self._flusher
+        if flusher is not None and flusher.pid != os.getpid():
+            self._flusher = _Flusher(self, self.config.fsync_interval)  # threads do not survive fork
         with self._stores_lock:
             store = self._stores.get(queue)
             if store is not None and store.view.destroyed:
@@ -105,6 +111,12 @@ class FileQueueManager(QueueManager):
         if store is None:
             raise QueueNotFound(f"queue {queue!r} does not exist")
         return store
+
+    def _open_store(self, queue: str) -> QueueStore | None:
+        """The handle already open for ``queue`` and not destroyed (the usual case), or None:
+        the per-message primitives try it before the general path of :meth:`_retrying`."""
+        store = self._stores.get(queue)
+        return None if store is None or store.view.destroyed else store
 
     def _retrying(self, queue: str, op: Any, *, create: bool = False, missing: Any = QueueNotFound) -> Any:
         """Run ``op(store)``; if the queue was destroyed under us, reopen once and retry."""
@@ -192,19 +204,34 @@ class FileQueueManager(QueueManager):
 
     # -- messages -----------------------------------------------------------------------
     def _add_messages(self, queue: str, messages: list[QueueMessage], on_duplicate: OnDuplicate) -> list[str]:
+        store = self._open_store(queue)
+        if store is not None:
+            uuids = store.add(messages, on_duplicate)
+            if not store.view.destroyed:
+                return uuids
         result: list[str] = self._retrying(queue, lambda s: s.add(messages, on_duplicate), create=True)
         return result
 
     def _get_message(self, queue: str) -> QueueMessage | None:
+        store = self._open_store(queue)
+        if store is not None:
+            message = store.get()
+            if not store.view.destroyed:
+                return message
         result: QueueMessage | None = self._retrying(queue, lambda s: s.get(), missing=None)
         return result
 
     def _reserve(self, queue: str, lease: float) -> QueueMessage | None:
+        store = self._open_store(queue)
+        if store is not None:
+            message = store.reserve(lease)
+            if not store.view.destroyed:
+                return message
         result: QueueMessage | None = self._retrying(queue, lambda s: s.reserve(lease), missing=None)
         return result
 
     def _ack(self, queue: str, uuid: str, attempt: int | None) -> None:
-        self._with_store(queue).ack(uuid, attempt)
+        (self._open_store(queue) or self._with_store(queue)).ack(uuid, attempt)
 
     def _ack_processed(self, queue: str, uuid: str, attempt: int | None, alias: str | None) -> None:
         self._with_store(queue).ack(uuid, attempt, processed=True, alias=alias)

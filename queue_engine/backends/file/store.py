@@ -112,6 +112,34 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_stamp: tuple[int, str, datetime] = (-1, "", datetime.fromtimestamp(0, _UTC))
+
+
+def _insertion_stamp(now: int) -> tuple[int, str, datetime]:
+    """(``now``, its text as a record's ``inserted_at``, its datetime) for a time in ms.
+
+    Remembered for the last millisecond: a busy producer adds many messages within one, and
+    formatting a float and building a datetime cost more than the rest of an add's body.
+    """
+    global _stamp
+    stamp = _stamp
+    if stamp[0] != now:
+        inserted = now / 1000
+        stamp = _stamp = (now, repr(inserted), datetime.fromtimestamp(inserted, _UTC))
+    return stamp
+
+
+_forks = 0  # forks between the first process and this one: a handle opened in another is stale
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 _own_token: tuple[int, str] = (0, "")
 
 
@@ -159,6 +187,7 @@ class QueueStore:
         self.modes = modes
         self._mutex = threading.Lock()
         self._pid = -1
+        self._opened_in = -1  # the value of the module's _forks when this handle opened its files
         self._lock_fd = -1
         self._segments: dict[int, Segment] = {}
         self._seg_starts: list[tuple[int, int]] = []  # sorted (first_seq, segno)
@@ -194,6 +223,7 @@ class QueueStore:
                 f"queue {self.name!r}: cannot open {str(self.path / 'lock')!r} for reading and writing: {exc.strerror}"
             ) from None
         self._pid = os.getpid()
+        self._opened_in = _forks
         self.view = QueueView()
         self._loaded = False
 
@@ -244,18 +274,15 @@ class QueueStore:
         reused, by a daemon library for example: this is the only safe moment.)
         """
         self._mutex = threading.Lock()
-        if self._lock_fd >= 0:
-            try:
-                os.close(self._lock_fd)
-            except OSError:
-                pass
-            self._lock_fd = -1
+        self._close_files(owned=True)
 
-    def _close_files(self) -> None:
+    def _close_files(self, owned: bool = False) -> None:
+        """Close the segments and the lock descriptor (that one only if this process opened
+        it, or ``owned``: a descriptor number a child inherited may since have been reused)."""
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
-        if self._lock_fd >= 0 and self._pid == os.getpid():
+        if self._lock_fd >= 0 and (owned or self._pid == os.getpid()):
             try:
                 os.close(self._lock_fd)
             except OSError:
@@ -292,7 +319,7 @@ class QueueStore:
         try:
             if self.closed:
                 raise StorageError(f"queue {self.name!r} is closed")
-            if self._pid != os.getpid():
+            if self._opened_in != _forks:
                 self._open()  # new process (fork): descriptors and flock are not ours
             try:
                 fcntl.flock(self._lock_fd, _LOCK_EX_NB)
@@ -984,8 +1011,7 @@ class QueueStore:
                 # a kept uuid is indexed unless it happens to decode to the seq it gets here
                 msg.uuid = mint_uuid(seq, view.uuid_key)
                 if inserted is None:  # one time for the whole call, converted once
-                    inserted = datetime.fromtimestamp(now / 1000, tz=timezone.utc)
-                    inserted_text = repr(inserted.timestamp())
+                    _, inserted_text, inserted = _insertion_stamp(now)
                 msg.inserted_at = inserted
                 flags = _flags(msg)
                 items.append((RecordType.ADD, seq, _message_body(msg, data_json, inserted_text), flags, _due_ms(msg)))
@@ -1029,14 +1055,14 @@ class QueueStore:
             now = _now_ms()
             seq = view.next_seq
             uuid = mint_uuid(seq, view.uuid_key)
-            inserted = now / 1000
-            body = f'{{"uuid":"{uuid}"{middle}{inserted!r},"data":{data_json}}}'.encode()
+            stamp = _insertion_stamp(now)
+            body = f'{{"uuid":"{uuid}"{middle}{stamp[1]},"data":{data_json}}}'.encode()
             rec = encode(RecordType.ADD, seq, body, ts=now)
             seg, at = self._write_own(rec, now, ((seq, 0),))
             view.added_ready(seq, uuid, now)
             self._written(at, len(rec))
         msg.uuid = uuid
-        msg.inserted_at = datetime.fromtimestamp(inserted, _UTC)
+        msg.inserted_at = stamp[2]
         self.sync_after_write(seg)
         return uuid
 
