@@ -338,7 +338,7 @@ class _Flusher:
             if manager is None:
                 return
             for store in list(manager._stores.values()):
-                if store.dirty and not store.closed and store._pid == os.getpid():
+                if store.dirty and not store.closed and store.opened_here():
                     try:
                         with store._mutex:
                             if not store.closed:

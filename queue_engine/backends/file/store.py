@@ -276,13 +276,17 @@ class QueueStore:
         self._mutex = threading.Lock()
         self._close_files(owned=True)
 
+    def opened_here(self) -> bool:
+        """Whether this process opened the handle's files (not a parent it was forked from)."""
+        return self._opened_in == _forks
+
     def _close_files(self, owned: bool = False) -> None:
         """Close the segments and the lock descriptor (that one only if this process opened
         it, or ``owned``: a descriptor number a child inherited may since have been reused)."""
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
-        if self._lock_fd >= 0 and (owned or self._pid == os.getpid()):
+        if self._lock_fd >= 0 and (owned or self.opened_here()):
             try:
                 os.close(self._lock_fd)
             except OSError:
@@ -293,7 +297,7 @@ class QueueStore:
         with self._mutex:
             if self.closed:
                 return
-            if self._pid == os.getpid() and self.dirty and self.fsync != "never":
+            if self.opened_here() and self.dirty and self.fsync != "never":
                 self.flush_locked()
             self.closed = True
             self._close_files()
@@ -319,7 +323,7 @@ class QueueStore:
         try:
             if self.closed:
                 raise StorageError(f"queue {self.name!r} is closed")
-            if self._opened_in != _forks:
+            if not self.opened_here():
                 self._open()  # new process (fork): descriptors and flock are not ours
             try:
                 fcntl.flock(self._lock_fd, _LOCK_EX_NB)
