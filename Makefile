@@ -59,8 +59,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-## bench: peers and qengine in the same run (separate venv for the peers)
-bench:
+## bench: peers and qengine in the same run (separate venv for the peers); the compiled
+## build's row needs build/compiled (built here where a C compiler is found)
+bench: $(STAMP)
+	-@command -v "$${CC:-cc}" >/dev/null 2>&1 && $(MAKE) --no-print-directory $(COMPILED_DIR)/.built
 	test -x .bench-venv/bin/python || $(PYTHON) -m venv .bench-venv
 	.bench-venv/bin/python -m pip install --quiet -e . -r benchmarks/requirements.txt
 	.bench-venv/bin/python benchmarks/bench_file.py $(BENCH_ARGS)

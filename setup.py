@@ -1,11 +1,13 @@
-"""The optional compiled build; the package's metadata is in setup.cfg.
+"""The compiled build; the package's metadata is in setup.cfg.
 
 ``QENGINE_COMPILE=1`` compiles the file backend's hot path (:data:`COMPILED`) with mypyc:
 the same source, turned into C extension modules. If that fails (no C compiler, no Python
 headers, a mypyc error) the package installs as pure Python and says so; with
-``QENGINE_COMPILE=require`` the install fails instead. Unset or ``0``: pure Python.
-``scripts/qengine_build.py`` (the build backend) adds mypy to the build requirements when
-the variable asks for a compile.
+``QENGINE_COMPILE=require`` the install fails instead; ``0`` is pure Python.
+``pip install`` goes through ``scripts/qengine_build.py`` (the build backend), which decides
+when the variable is unset (a wheel is compiled where a C compiler is found, an editable
+install is pure) and adds mypy to the build requirements of a build that compiles. Run
+directly, this file takes unset as ``0``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _warn(text: str) -> None:
 def _mode() -> str:
     value = os.environ.get("QENGINE_COMPILE", "0").strip().lower()
     if value not in ("", "0", "1", "require"):
-        raise SystemExit(f"qengine: invalid QENGINE_COMPILE {value!r}: use 0, 1 or require")
+        raise SystemExit(f"qengine: invalid QENGINE_COMPILE {value!r}: use 0, 1 or require, or leave it unset (auto)")
     return value if value in ("1", "require") else "0"
 
 

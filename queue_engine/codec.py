@@ -11,11 +11,14 @@ calls.
 from __future__ import annotations
 
 import json
+import math
 from json import encoder as _encoder
 from json import scanner as _scanner
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["dumps", "loads", "string", "string_or_null"]
+from .errors import InvalidMessage
+
+__all__ = ["dumps", "encode_data", "is_encodable", "loads", "scan", "string", "string_or_null"]
 
 
 def _no_default(value: Any) -> Any:
@@ -62,3 +65,99 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
     if end != len(text):
         return json.loads(text)  # trailing whitespace is fine, anything else is an error
     return value
+
+
+def scan(text: str, start: int) -> tuple[Any, int]:
+    """The JSON value starting exactly at ``text[start]`` and the index just after it; raises
+    StopIteration where no value starts there and ValueError for a malformed one (the
+    scanner's own contract). For documents whose framing the caller knows."""
+    if _scan is None:  # pragma: no cover - interpreters without the accelerator
+        return json.JSONDecoder().raw_decode(text, start)
+    value, end = _scan(text, start)
+    return value, end
+
+
+# -- message data: strict JSON, checked (here so that the compiled build compiles it) ----
+def encode_data(data: Any) -> str:
+    """Serialize ``data`` as strict JSON, or raise :class:`InvalidMessage`.
+
+    Only what JSON can hold is accepted: dict (string keys), list, str, int, float
+    (finite), bool and None. Tuples are refused rather than silently turned into lists.
+    """
+    if _plain(data, 0):
+        # Only exact JSON types, keys strings, within the depth: what is left to refuse is a
+        # non-finite float (dumps raises) or a lone surrogate (the ASCII test or encode fails).
+        try:
+            text = dumps(data)
+            if text.isascii() or is_encodable(text):
+                return text
+        except ValueError:
+            pass
+    _check_json(data, 0)  # the slow walk names what is wrong
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - _check_json catches these
+        raise InvalidMessage(f"message data is not JSON-serializable: {exc}") from None
+
+
+_MAX_DEPTH: Final = 200
+_SCALARS: Final = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when ``value`` holds only exact dict/list/str/int/float/bool/None, string keys,
+    nested at most _MAX_DEPTH deep (a fast test; False sends the caller to _check_json)."""
+    # type(x), not x.__class__: the compiled build reads the type slot directly, where an
+    # attribute lookup costs as much as the rest of the walk (and CPython specialises it too)
+    cls = type(value)
+    if cls in _SCALARS:
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if cls is dict:
+        mapping: dict[Any, Any] = value
+        for key, item in mapping.items():
+            if type(key) is not str or (type(item) not in _SCALARS and not _plain(item, depth + 1)):
+                return False
+        return True
+    if cls is list:
+        items: list[Any] = value
+        for item in items:
+            if type(item) not in _SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidMessage(f"message data is nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        if isinstance(value, str) and not is_encodable(value):
+            raise InvalidMessage(f"message data holds a string that is not valid Unicode: {value[:40]!r}")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMessage(f"message data holds {value!r}, which JSON cannot represent")
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessage(f"message data has a non-string key {key!r}; JSON keys are strings")
+            if not is_encodable(key):
+                raise InvalidMessage(f"message data has a key that is not valid Unicode: {key[:40]!r}")
+            _check_json(item, depth + 1)
+        return
+    raise InvalidMessage(f"message data holds a {type(value).__name__} ({value!r:.60}); only JSON types are accepted")
+
+
+def is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import getpass
-import json
-import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from . import codec
+from .codec import _check_json, encode_data  # noqa: F401  (re-exported)
+from .codec import is_encodable as _is_encodable
 from .errors import InvalidMessage, InvalidQueueName
 
 __all__ = [
@@ -112,87 +111,6 @@ def _inserted_datetime(epoch: float) -> datetime:
     value = datetime.fromtimestamp(epoch, _UTC)
     _last_inserted = (epoch, value)
     return value
-
-
-def encode_data(data: Any) -> str:
-    """Serialize ``data`` as strict JSON, or raise :class:`InvalidMessage`.
-
-    Only what JSON can hold is accepted: dict (string keys), list, str, int, float
-    (finite), bool and None. Tuples are refused rather than silently turned into lists.
-    """
-    if _plain(data, 0):
-        # Only exact JSON types, keys strings, within the depth: what is left to refuse is a
-        # non-finite float (dumps raises) or a lone surrogate (the ASCII test or encode fails).
-        try:
-            text = codec.dumps(data)
-            if text.isascii() or _is_encodable(text):
-                return text
-        except ValueError:
-            pass
-    _check_json(data, 0)  # the slow walk names what is wrong
-    try:
-        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - _check_json catches these
-        raise InvalidMessage(f"message data is not JSON-serializable: {exc}") from None
-
-
-_MAX_DEPTH = 200
-_SCALARS = frozenset((str, int, float, bool, type(None)))
-
-
-def _plain(value: Any, depth: int) -> bool:
-    """True when ``value`` holds only exact dict/list/str/int/float/bool/None, string keys,
-    nested at most _MAX_DEPTH deep (a fast test; False sends the caller to _check_json)."""
-    cls = value.__class__
-    if cls in _SCALARS:
-        return True
-    if depth >= _MAX_DEPTH:
-        return False
-    if cls is dict:
-        for key, item in value.items():
-            if key.__class__ is not str or (item.__class__ not in _SCALARS and not _plain(item, depth + 1)):
-                return False
-        return True
-    if cls is list:
-        for item in value:
-            if item.__class__ not in _SCALARS and not _plain(item, depth + 1):
-                return False
-        return True
-    return False
-
-
-def _check_json(value: Any, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise InvalidMessage(f"message data is nested deeper than {_MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, str)):
-        if isinstance(value, str) and not _is_encodable(value):
-            raise InvalidMessage(f"message data holds a string that is not valid Unicode: {value[:40]!r}")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidMessage(f"message data holds {value!r}, which JSON cannot represent")
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_json(item, depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidMessage(f"message data has a non-string key {key!r}; JSON keys are strings")
-            if not _is_encodable(key):
-                raise InvalidMessage(f"message data has a key that is not valid Unicode: {key[:40]!r}")
-            _check_json(item, depth + 1)
-        return
-    raise InvalidMessage(f"message data holds a {type(value).__name__} ({value!r:.60}); only JSON types are accepted")
-
-
-def _is_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates
-        return False
-    return True
 
 
 _USERNAME = ""  # the OS user, once looked up
@@ -311,6 +229,37 @@ class QueueMessage:
             msg.deferred_until, msg.inserted_at = _clamped(deferred), _clamped(inserted)
         msg.disabled = bool(record.get("disabled", False))
         msg.username = record.get("username")
+        msg.attempts = attempts
+        msg.queue = queue
+        return msg
+
+    @classmethod
+    def plain(
+        cls,
+        uuid: str,
+        retries: int,
+        username: str | None,
+        inserted: float,
+        data: Any,
+        *,
+        attempts: int = 0,
+        queue: str | None = None,
+    ) -> QueueMessage:
+        """:meth:`from_record` of a plain message (no alias, immediate, not disabled), from its
+        fields: what a backend reads without building the record's dict first."""
+        msg = cls.__new__(cls)
+        msg.uuid = uuid
+        msg.alias = None
+        msg.data = data
+        msg.retries = retries
+        msg.execution_mode = ExecutionMode.IMMEDIATE
+        msg.deferred_until = None
+        try:
+            msg.inserted_at = _inserted_datetime(inserted)
+        except (ValueError, OverflowError, OSError):  # out of datetime's range: never blocks a read
+            msg.inserted_at = _clamped(inserted)
+        msg.disabled = False
+        msg.username = username
         msg.attempts = attempts
         msg.queue = queue
         return msg

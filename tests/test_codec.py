@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_engine import codec
+from queue_engine.codec import _check_json, encode_data
 from queue_engine.errors import InvalidMessage
-from queue_engine.message import _check_json, encode_data
 
 _REFERENCE = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
 

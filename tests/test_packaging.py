@@ -41,20 +41,44 @@ def test_wheel_contains_only_queue_engine(tmp_path: Path) -> None:
     assert "qengine = queue_engine.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def _wheel(tmp_path: Path, compile_mode: str, **env: str) -> list[str]:
-    """Build a wheel with ``QENGINE_COMPILE=compile_mode`` from a copy of the tree (the build
-    leaves its C files in build/ of the tree it runs in); return its file names."""
+def _copy_tree(tmp_path: Path) -> Path:
+    """A copy of the tree to build in (a build leaves its C files in build/ of its tree)."""
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".*", "build", "__pycache__", "*.egg-info", "*.so"))
+    return src
+
+
+def _env(compile_mode: str | None, **env: str) -> dict[str, str]:
+    """This environment with ``QENGINE_COMPILE=compile_mode`` (None: unset) and ``env``."""
+    result = {k: v for k, v in os.environ.items() if k != "QENGINE_COMPILE"}
+    if compile_mode is not None:
+        result["QENGINE_COMPILE"] = compile_mode
+    return {**result, **env}
+
+
+def _wheel(tmp_path: Path, compile_mode: str | None, **env: str) -> list[str]:
+    """Build a wheel with ``QENGINE_COMPILE=compile_mode`` (None: unset) from a copy of the
+    tree (``tmp_path / "src"``, made if missing); return its file names."""
+    src = tmp_path / "src" if (tmp_path / "src").is_dir() else _copy_tree(tmp_path)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
          "-w", str(tmp_path), str(src)],
         check=True,
         timeout=600,
-        env={**os.environ, "QENGINE_COMPILE": compile_mode, **env},
+        env=_env(compile_mode, **env),
     )
     [wheel] = tmp_path.glob("qengine-*.whl")
     return zipfile.ZipFile(wheel).namelist()
+
+
+def _backend(src: Path, call: str, compile_mode: str | None, **env: str) -> str:
+    """What ``call`` (Python, on the build backend ``b``) prints, run in ``src`` as pip would."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, 'scripts'); import qengine_build as b; print({call})"],
+        cwd=src, capture_output=True, text=True, timeout=600, env=_env(compile_mode, **env),
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -93,7 +117,45 @@ def test_compiled_wheel_keeps_its_modules_inside_the_package_and_works(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_failed_compile_installs_pure_python(tmp_path: Path) -> None:
-    names = _wheel(tmp_path, "1", CC="false")  # a compiler that always fails
+@pytest.mark.parametrize("compile_mode", ["1", None])
+def test_a_failed_compile_installs_pure_python(tmp_path: Path, compile_mode: str | None) -> None:
+    names = _wheel(tmp_path, compile_mode, CC="false")  # a compiler that always fails
     assert not [n for n in names if n.endswith(".so")]
     assert "queue_engine/backends/file/store.py" in names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+def test_a_plain_install_is_compiled_where_a_compiler_is_found(tmp_path: Path) -> None:
+    src = _copy_tree(tmp_path)
+    assert "mypy==" in _backend(src, "b.get_requires_for_build_wheel()", None)  # mypyc is needed to build
+    names = _wheel(tmp_path, None)
+    assert any(n.startswith("queue_engine/backends/file/store.") and n.endswith(".so") for n in names), names
+
+
+@pytest.mark.slow
+def test_without_a_compiler_a_plain_install_is_pure_and_needs_no_mypy(tmp_path: Path) -> None:
+    src = _copy_tree(tmp_path)
+    assert "mypy" not in _backend(src, "b.get_requires_for_build_wheel()", None, CC="/nonexistent/cc")
+    names = _wheel(tmp_path, None, CC="/nonexistent/cc")
+    assert not [n for n in names if n.endswith(".so")]
+
+
+@pytest.mark.slow
+def test_an_editable_install_is_pure_unless_asked(tmp_path: Path) -> None:
+    """A compiled module would shadow edits to its source: editable means pure by default."""
+    src = _copy_tree(tmp_path)
+    assert "mypy" not in _backend(src, "b.get_requires_for_build_editable()", None)
+    assert "mypy==" in _backend(src, "b.get_requires_for_build_editable()", "1")
+    wheel = _backend(src, f"b.build_editable({str(tmp_path)!r})", None)
+    assert wheel.endswith("-py3-none-any.whl"), wheel
+    assert not list(src.rglob("*.so"))
+
+
+def test_an_invalid_compile_mode_is_refused_by_name(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "setup.py"), "--name"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=_env("yes"),
+    )
+    assert out.returncode != 0
+    assert "invalid QENGINE_COMPILE 'yes'" in out.stderr

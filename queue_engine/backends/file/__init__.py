@@ -5,6 +5,7 @@ from .backend import FileQueueManager
 
 __all__ = ["FileQueueManager", "COMPILED"]
 
-#: Whether this install runs the compiled build of the hot path (``QENGINE_COMPILE=1``, see
-#: setup.py) rather than its pure-Python source. Both behave the same.
+#: Whether this install runs the compiled build of the hot path (what ``pip install`` builds
+#: where a C compiler is found; see setup.py) rather than its pure-Python source. Both behave
+#: the same.
 COMPILED: bool = not (_store.__file__ or "").endswith(".py")

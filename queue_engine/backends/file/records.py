@@ -33,10 +33,17 @@ __all__ = [
 ]
 
 MAGIC = b"qE"
-HEADER = struct.Struct("<2sBBIQQQI")
-_PREFIX = struct.Struct("<2sBBIQQQ")  # the header without its crc
-_CRC = struct.Struct("<I")
+HEADER: Final = struct.Struct("<2sBBIQQQI")
+_PREFIX: Final = struct.Struct("<2sBBIQQQ")  # the header without its crc
+_CRC: Final = struct.Struct("<I")
 HEADER_SIZE = HEADER.size  # 36
+
+# Bound once: the compiled build keeps Final names in C statics, where a module attribute
+# (zlib.crc32) or a global would be looked up by name on every call.
+_crc32: Final = zlib.crc32
+_pack_prefix: Final = _PREFIX.pack
+_pack_crc: Final = _CRC.pack
+_unpack_header: Final = HEADER.unpack_from
 
 
 class RecordType:
@@ -94,10 +101,10 @@ class Header(NamedTuple):
 
 def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int = 0, ts: int = 0) -> bytes:
     """Frame one record."""
-    prefix = _PREFIX.pack(MAGIC, rtype, flags, len(body), seq, arg, ts)
+    prefix = _pack_prefix(MAGIC, rtype, flags, len(body), seq, arg, ts)
     if not body:
-        return prefix + _CRC.pack(zlib.crc32(prefix))
-    return b"".join((prefix, _CRC.pack(zlib.crc32(body, zlib.crc32(prefix))), body))
+        return prefix + _pack_crc(_crc32(prefix))
+    return b"".join((prefix, _pack_crc(_crc32(body, _crc32(prefix))), body))
 
 
 _new_header = tuple.__new__  # Header from the unpacked fields without namedtuple's Python-level __new__
@@ -109,7 +116,7 @@ def read_header(buf: Buffer, offset: int) -> Header | None:
 
     Raises ValueError for bytes that are neither zero nor a record header.
     """
-    fields = HEADER.unpack_from(buf, offset)
+    fields = _unpack_header(buf, offset)
     if fields[0] != MAGIC:
         if fields[0] == _NO_MAGIC:
             return None
@@ -126,14 +133,14 @@ def check(buf: Buffer, offset: int, size: int) -> Header | None | Literal[False]
     """
     if offset + HEADER_SIZE > size:
         return None
-    fields = HEADER.unpack_from(buf, offset)
+    fields = _unpack_header(buf, offset)  # magic, type, flags, length, seq, arg, ts, crc
     if fields[0] != MAGIC:
         return None if fields[0] == _NO_MAGIC else False
-    header: Header = _new_header(Header, fields[1:])
     start = offset + HEADER_SIZE
-    end = start + header.length
-    if end > size or header.type not in VALID_TYPES:
+    end = start + fields[3]
+    if end > size or fields[1] not in VALID_TYPES:
         return False
-    if zlib.crc32(buf[start:end], zlib.crc32(buf[offset : start - 4])) != header.crc:
+    if _crc32(buf[start:end], _crc32(buf[offset : start - 4])) != fields[7]:
         return False
+    header: Header = _new_header(Header, fields[1:])
     return header

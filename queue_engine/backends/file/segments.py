@@ -15,6 +15,7 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import Final
 
 from ...errors import StorageError
 from ...permissions import Modes
@@ -22,8 +23,12 @@ from .records import HEADER_SIZE
 
 __all__ = ["Segment", "segment_path", "create_segment", "fsync_dir"]
 
-_IDX_HEADER = struct.Struct("<Q")  # first_seq
-_IDX_SLOT = struct.Struct("<I")
+_IDX_HEADER: Final = struct.Struct("<Q")  # first_seq
+_IDX_SLOT: Final = struct.Struct("<I")
+_IDX_BASE: Final = 8  # _IDX_HEADER.size
+_SLOT_SIZE: Final = 4  # _IDX_SLOT.size
+_pack_slot: Final = _IDX_SLOT.pack_into
+assert _IDX_HEADER.size == _IDX_BASE and _IDX_SLOT.size == _SLOT_SIZE
 #: Smallest record (header + a minimal message body); bounds the slots a segment needs.
 MIN_ADD_SIZE = HEADER_SIZE + 16
 
@@ -75,7 +80,7 @@ def create_segment(log_dir: Path, segno: int, size: int, first_seq: int, head: b
     tmp, tmp_idx = path.with_suffix(".log.tmp"), idx.with_suffix(".idx.tmp")
     slots = size // MIN_ADD_SIZE + 1
     try:
-        _preallocate(tmp_idx, _IDX_HEADER.size + slots * _IDX_SLOT.size, modes)
+        _preallocate(tmp_idx, _IDX_BASE + slots * _SLOT_SIZE, modes)
         fd = os.open(tmp_idx, os.O_RDWR)
         try:
             os.pwrite(fd, _IDX_HEADER.pack(first_seq), 0)
@@ -115,7 +120,7 @@ class Segment:
             idx_size = os.fstat(self.idx_fd).st_size
             self.idx_mm = mmap.mmap(self.idx_fd, idx_size)
             (self.first_seq,) = _IDX_HEADER.unpack_from(self.idx_mm, 0)
-            self.slots = (idx_size - _IDX_HEADER.size) // _IDX_SLOT.size
+            self.slots = (idx_size - _IDX_BASE) // _SLOT_SIZE
         except Exception:
             self.close()
             raise
@@ -127,6 +132,7 @@ class Segment:
         written, so no partial record is left for readers to find.
         """
         try:
+            # os.pwrite looked up at each call, not bound once: tests/test_roll_crash.py replaces it
             written = os.pwrite(self.fd, data, offset)
         except OSError as exc:
             raise _storage_error("write", self.path, exc) from None
@@ -144,14 +150,14 @@ class Segment:
     def index_put(self, seq: int, offset: int) -> None:
         slot = seq - self.first_seq
         if 0 <= slot < self.slots:
-            _IDX_SLOT.pack_into(self.idx_mm, _IDX_HEADER.size + slot * _IDX_SLOT.size, offset + 1)
+            _pack_slot(self.idx_mm, _IDX_BASE + slot * _SLOT_SIZE, offset + 1)
 
     def index_get(self, seq: int) -> int | None:
         """Offset of the ADD record of ``seq`` if the index has it."""
         slot = seq - self.first_seq
         if not 0 <= slot < self.slots:
             return None
-        (value,) = _IDX_SLOT.unpack_from(self.idx_mm, _IDX_HEADER.size + slot * _IDX_SLOT.size)
+        (value,) = _IDX_SLOT.unpack_from(self.idx_mm, _IDX_BASE + slot * _SLOT_SIZE)
         return value - 1 if value else None
 
     def sync(self) -> None:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from ... import codec
 from ...codec import string_or_null
@@ -68,7 +68,12 @@ _SEAL = encode(RecordType.SEAL, 0)
 _CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
 _HOLDER_CHECK_INTERVAL = 1.0
 _MAX_LEASES = 4096  # reservations remembered per handle (a cache)
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+_LOCK_EX_NB: Final = fcntl.LOCK_EX | fcntl.LOCK_NB
+_LOCK_UN: Final = fcntl.LOCK_UN
+# Bound once: the compiled build keeps Final names in C statics (see records._crc32).
+_flock_fd: Final = fcntl.flock
+_time: Final = time.time
+_getrandbits: Final = random.getrandbits
 _NOTHING_CHECKED = (0, -1, Header(0, 0, 0, 0, 0, 0, 0))
 _UTC = timezone.utc
 _NO_BODY = memoryview(b"")  # the body of every record without one (never released)
@@ -85,7 +90,7 @@ def mint_uuid(seq: int, key: int) -> str:
     uuid stored in the record confirms it. The per-queue key keeps uuids looking random and
     does not reveal how many messages a queue has seen.
     """
-    rand = random.getrandbits(74)
+    rand = _getrandbits(74)
     value = (
         ((((seq * _MIX) & _MASK48) ^ key) << 80)
         | (0x8 << 76)
@@ -109,7 +114,7 @@ def seq_of_uuid(uuid: str, key: int) -> int | None:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return int(_time() * 1000)
 
 
 _stamp: tuple[int, str, datetime] = (-1, "", datetime.fromtimestamp(0, _UTC))
@@ -326,7 +331,7 @@ class QueueStore:
             if not self.opened_here():
                 self._open()  # new process (fork): descriptors and flock are not ours
             try:
-                fcntl.flock(self._lock_fd, _LOCK_EX_NB)
+                _flock_fd(self._lock_fd, _LOCK_EX_NB)
             except BlockingIOError:
                 self._flock()
         except BaseException:
@@ -346,7 +351,7 @@ class QueueStore:
         try:
             if len(self._segments) > 2:
                 self._unmap_idle()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            _flock_fd(self._lock_fd, _LOCK_UN)
         finally:
             self._mutex.release()
 
@@ -906,14 +911,19 @@ class QueueStore:
         self._append(records)
 
     # -- reading messages ---------------------------------------------------------------
-    def _read(self, loc: Loc) -> dict[str, Any]:
+    def _body(self, loc: Loc) -> bytes:
+        """The body of the (CRC-checked) record at ``loc``; CorruptionError if it is damaged."""
         seg = self._segment(loc[0])
         checked = self._checked
         h = checked[2] if checked[0] == loc[0] and checked[1] == loc[1] else self._check(seg, loc[1])
         if not h:
             raise CorruptionError(f"queue {self.name!r}: the record at {str(seg.path)!r} offset {loc[1]} is damaged")
         start = loc[1] + HEADER_SIZE
-        record: dict[str, Any] = codec.loads(seg.mm[start : start + h.length])
+        body: bytes = seg.mm[start : start + h.length]
+        return body
+
+    def _read(self, loc: Loc) -> dict[str, Any]:
+        record: dict[str, Any] = codec.loads(self._body(loc))
         return record
 
     def _has_uuid(self, loc: Loc, uuid: str) -> bool:
@@ -922,7 +932,11 @@ class QueueStore:
         return self._segment(loc[0]).mm[start : start + 36] == uuid.encode("ascii", "replace")
 
     def _message(self, loc: Loc, attempts: int) -> QueueMessage:
-        return QueueMessage.from_record(self._read(loc), attempts=attempts, queue=self.name)
+        body = self._body(loc)
+        plain = _plain_fields(body)
+        if plain is not None:
+            return QueueMessage.plain(*plain, attempts=attempts, queue=self.name)
+        return QueueMessage.from_record(codec.loads(body), attempts=attempts, queue=self.name)
 
     def _pending_loc(self, seq: int) -> tuple[Loc, int, int] | None:
         """(loc, state, attempts) of pending message ``seq``; state 0 means in the stream."""
@@ -1614,6 +1628,67 @@ def _processed_body(uuid: str | None, alias: str | None, now: int) -> tuple[dict
 
 #: (retries, username) -> the middle of a ready message's body without alias (see _add_ready)
 _READY_MIDDLE: dict[tuple[int, str | None], str] = {}
+
+
+#: The middle of a plain message's stored body (from the uuid's closing quote to the comma
+#: before "inserted_at") -> (retries, username): see _plain_fields. Bounded like _READY_MIDDLE.
+_PLAIN_MIDDLES: dict[str, tuple[int, str | None]] = {}
+
+
+def _plain_fields(body: bytes) -> tuple[str, int, str | None, float, Any] | None:
+    """(uuid, retries, username, inserted_at epoch, data) of a plain message's stored body,
+    or None for any other body, which the caller parses as JSON.
+
+    A plain message (no alias, immediate, enabled: nearly every message) is stored in the
+    layout :func:`_message_body` and ``_add_ready`` write, whose middle depends only on its
+    retries and username: a middle seen before is looked up, and only the insertion time and
+    the data are parsed. A new middle is accepted only if the full parse of the body gives
+    back exactly that text, so this returns what the full parse would, or None.
+    """
+    text = body.decode("utf-8")
+    i = text.find(',"inserted_at":', 45)
+    j = text.find(',"data":', i)
+    if i < 0 or j < 0 or not text.startswith('{"uuid":"'):
+        return None
+    middle = text[45:i]
+    fields = _PLAIN_MIDDLES.get(middle)
+    if fields is None:
+        fields = _plain_middle(text, middle)
+        if fields is None:
+            return None
+    try:
+        inserted = float(text[i + 15 : j])
+        data, end = codec.scan(text, j + 8)
+    except (ValueError, StopIteration):  # not plain after all: the full parse decides
+        return None
+    if end != len(text) - 1 or text[end] != "}":
+        return None
+    return text[9:45], fields[0], fields[1], inserted, data
+
+
+def _plain_middle(text: str, middle: str) -> tuple[int, str | None] | None:
+    """(retries, username) if ``middle`` is exactly the middle a plain message is written
+    with (checked against the full parse of ``text``), remembered; else None."""
+    try:
+        record = codec.loads(text)
+    except ValueError:
+        return None
+    retries, username = record.get("retries"), record.get("username")
+    if (
+        retries.__class__ is not int
+        or not (username is None or username.__class__ is str)
+        or record.get("alias") is not None
+        or record.get("execution_mode") != "immediate"
+        or record.get("deferred_until") is not None
+        or record.get("disabled") is not False
+        or middle
+        != f'","alias":null,"retries":{retries},"execution_mode":"immediate","deferred_until":null,'
+        f'"disabled":false,"username":{string_or_null(username)}'
+    ):
+        return None
+    if len(_PLAIN_MIDDLES) < 64:
+        _PLAIN_MIDDLES[middle] = (retries, username)
+    return retries, username
 
 
 def _message_body(msg: QueueMessage, data_json: str, inserted: str = "") -> bytes:
