@@ -25,18 +25,21 @@ def _no_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-_DUMPS_ARGS: dict[str, Any] = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
-_make_encoder: Any = getattr(_encoder, "c_make_encoder", None)
-_make_scanner: Any = getattr(_scanner, "c_make_scanner", None)
-_encode: Any = None
-_scan: Any = None
-if _make_encoder is not None and _make_scanner is not None:  # CPython's _json accelerator
-    _encode = _make_encoder(None, _no_default, _encoder.encode_basestring, None, ":", ",", False, False, False)
-    _scan = _make_scanner(json.JSONDecoder())
+_DUMPS_ARGS: Final[dict[str, Any]] = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
+_make_encoder: Final[Any] = getattr(_encoder, "c_make_encoder", None)
+_make_scanner: Final[Any] = getattr(_scanner, "c_make_scanner", None)
+_accelerated: Final = _make_encoder is not None and _make_scanner is not None  # CPython's _json
+# Final names: the compiled build keeps them in C statics, not looked up by name per call.
+_encode: Final[Any] = (
+    _make_encoder(None, _no_default, _encoder.encode_basestring, None, ":", ",", False, False, False)
+    if _accelerated
+    else None
+)
+_scan: Final[Any] = _make_scanner(json.JSONDecoder()) if _accelerated else None
 
 
 #: A str as :func:`dumps` writes it (quoted, escaped, non-ASCII kept): for JSON built by hand.
-string = _encoder.encode_basestring
+string: Final = _encoder.encode_basestring
 
 
 def string_or_null(value: str | None) -> str:

@@ -32,11 +32,12 @@ __all__ = [
     "Flag", "Header", "RecordType", "HEADER", "MAGIC", "VALID_TYPES", "encode", "read_header", "check"
 ]
 
-MAGIC = b"qE"
+MAGIC: Final = b"qE"
 HEADER: Final = struct.Struct("<2sBBIQQQI")
 _PREFIX: Final = struct.Struct("<2sBBIQQQ")  # the header without its crc
 _CRC: Final = struct.Struct("<I")
-HEADER_SIZE = HEADER.size  # 36
+HEADER_SIZE: Final = 36
+assert HEADER.size == HEADER_SIZE
 
 # Bound once: the compiled build keeps Final names in C statics, where a module attribute
 # (zlib.crc32) or a global would be looked up by name on every call.
@@ -73,7 +74,7 @@ class RecordType:
 
 
 #: Every type a valid record can have.
-VALID_TYPES = frozenset(v for k, v in vars(RecordType).items() if not k.startswith("_"))
+VALID_TYPES: Final = frozenset(v for k, v in vars(RecordType).items() if not k.startswith("_"))
 
 
 class Flag:
@@ -107,8 +108,8 @@ def encode(rtype: int, seq: int, body: bytes = b"", *, flags: int = 0, arg: int 
     return b"".join((prefix, _pack_crc(_crc32(body, _crc32(prefix))), body))
 
 
-_new_header = tuple.__new__  # Header from the unpacked fields without namedtuple's Python-level __new__
-_NO_MAGIC = b"\x00\x00"
+_new_header: Final = tuple.__new__  # Header from the unpacked fields without namedtuple's Python-level __new__
+_NO_MAGIC: Final = b"\x00\x00"
 
 
 def read_header(buf: Buffer, offset: int) -> Header | None:

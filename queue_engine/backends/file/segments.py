@@ -30,7 +30,7 @@ _SLOT_SIZE: Final = 4  # _IDX_SLOT.size
 _pack_slot: Final = _IDX_SLOT.pack_into
 assert _IDX_HEADER.size == _IDX_BASE and _IDX_SLOT.size == _SLOT_SIZE
 #: Smallest record (header + a minimal message body); bounds the slots a segment needs.
-MIN_ADD_SIZE = HEADER_SIZE + 16
+MIN_ADD_SIZE: Final = HEADER_SIZE + 16
 
 
 def segment_path(log_dir: Path, segno: int, suffix: str = ".log") -> Path:

@@ -60,26 +60,27 @@ from .records import check as check_record
 from .segments import MIN_ADD_SIZE, Segment, create_segment, fsync_dir, segment_path
 from .view import FAILED, INFLIGHT, WAITING, Entry, Loc, QueueView
 
-logger = logging.getLogger("qengine.file")
+logger: Final = logging.getLogger("qengine.file")
 
 __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir"]
 
-_SEAL = encode(RecordType.SEAL, 0)
-_CHECKPOINT_BYTES = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
-_HOLDER_CHECK_INTERVAL = 1.0
-_MAX_LEASES = 4096  # reservations remembered per handle (a cache)
+_SEAL: Final = encode(RecordType.SEAL, 0)
+_CHECKPOINT_BYTES: Final = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
+_HOLDER_CHECK_INTERVAL: Final = 1.0
+_SPIN: Final = 0.0002  # seconds a waiter for the lock tries without sleeping (see _flock)
+_MAX_LEASES: Final = 4096  # reservations remembered per handle (a cache)
 _LOCK_EX_NB: Final = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN: Final = fcntl.LOCK_UN
 # Bound once: the compiled build keeps Final names in C statics (see records._crc32).
 _flock_fd: Final = fcntl.flock
 _time: Final = time.time
 _getrandbits: Final = random.getrandbits
-_NOTHING_CHECKED = (0, -1, Header(0, 0, 0, 0, 0, 0, 0))
-_UTC = timezone.utc
-_NO_BODY = memoryview(b"")  # the body of every record without one (never released)
-_MASK48 = (1 << 48) - 1
-_MIX = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
-_UNMIX = pow(_MIX, -1, 1 << 48)
+_NOTHING_CHECKED: Final = (0, -1, Header(0, 0, 0, 0, 0, 0, 0))
+_UTC: Final = timezone.utc
+_NO_BODY: Final = memoryview(b"")  # the body of every record without one (never released)
+_MASK48: Final = (1 << 48) - 1
+_MIX: Final = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
+_UNMIX: Final = pow(_MIX, -1, 1 << 48)
 
 
 # -- uuids ----------------------------------------------------------------------------------
@@ -361,8 +362,12 @@ class QueueStore:
     def _flock(self) -> None:
         """Wait for the queue's flock, which another process holds (see :meth:`__enter__`)."""
         fd = self._lock_fd
-        # The holder keeps the lock for microseconds: yield first, then back off gently.
-        deadline = time.monotonic() + self.lock_timeout
+        # The holder keeps the lock for microseconds: keep trying, yielding the CPU between
+        # tries, for _SPIN seconds, then back off gently. Sleeping at once costs a timer's
+        # slack (50 us or more) to wait out a hold of a few microseconds.
+        now = time.monotonic()
+        deadline = now + self.lock_timeout
+        spin_until = now + _SPIN
         delay = 0.0
         while True:
             if delay:
@@ -370,15 +375,17 @@ class QueueStore:
             else:
                 os.sched_yield()
             try:
-                fcntl.flock(fd, _LOCK_EX_NB)
+                _flock_fd(fd, _LOCK_EX_NB)
                 return
             except BlockingIOError:
                 pass
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise LockTimeout(
                     f"queue {self.name!r}: lock {str(self.path / 'lock')!r} not acquired within {self.lock_timeout}s"
                 )
-            delay = min(max(delay * 2, 0.00005), 0.002) if delay or random.random() < 0.25 else 0.0
+            if now > spin_until:
+                delay = min(max(delay * 2, 0.00005), 0.002)
 
     def _segment(self, segno: int) -> Segment:
         seg = self._segments.get(segno)
@@ -1610,8 +1617,9 @@ def _due_ms(msg: QueueMessage) -> int:
     return max(1, int(msg.deferred_until.timestamp() * 1000))
 
 
-_json_ascii = json.encoder.encode_basestring_ascii
-_MODE_NAMES: dict[object, str] = {mode: mode.value for mode in ExecutionMode}  # str-enum: "immediate" hashes alike
+_json_ascii: Final = json.encoder.encode_basestring_ascii
+# str-enum: "immediate" hashes alike
+_MODE_NAMES: Final[dict[object, str]] = {mode: mode.value for mode in ExecutionMode}
 
 
 def _opt_ascii(value: str | None) -> str:
@@ -1627,12 +1635,12 @@ def _processed_body(uuid: str | None, alias: str | None, now: int) -> tuple[dict
 
 
 #: (retries, username) -> the middle of a ready message's body without alias (see _add_ready)
-_READY_MIDDLE: dict[tuple[int, str | None], str] = {}
+_READY_MIDDLE: Final[dict[tuple[int, str | None], str]] = {}
 
 
 #: The middle of a plain message's stored body (from the uuid's closing quote to the comma
 #: before "inserted_at") -> (retries, username): see _plain_fields. Bounded like _READY_MIDDLE.
-_PLAIN_MIDDLES: dict[str, tuple[int, str | None]] = {}
+_PLAIN_MIDDLES: Final[dict[str, tuple[int, str | None]]] = {}
 
 
 def _plain_fields(body: bytes) -> tuple[str, int, str | None, float, Any] | None:
