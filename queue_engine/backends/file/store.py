@@ -1669,9 +1669,10 @@ def _plain_fields(body: bytes) -> tuple[str, int, str | None, float, Any] | None
         data, end = codec.scan(text, j + 8)
     except (ValueError, StopIteration):  # not plain after all: the full parse decides
         return None
-    if end != len(text) - 1 or text[end] != "}":
+    uuid = text[9:45]  # a kept (foreign) uuid may need escapes: then its text is not its value
+    if end != len(text) - 1 or text[end] != "}" or "\\" in uuid:
         return None
-    return text[9:45], fields[0], fields[1], inserted, data
+    return uuid, fields[0], fields[1], inserted, data
 
 
 def _plain_middle(text: str, middle: str) -> tuple[int, str | None] | None:
