@@ -7,7 +7,7 @@ headers, a mypyc error) the package installs as pure Python and says so; with
 ``pip install`` goes through ``scripts/qengine_build.py`` (the build backend), which decides
 when the variable is unset (a wheel is compiled where a C compiler is found, an editable
 install is pure) and adds mypy to the build requirements of a build that compiles. Run
-directly, this file takes unset as ``0``.
+directly, or for metadata and the sdist, this file takes unset (or ``auto``) as ``0``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def _warn(text: str) -> None:
 
 def _mode() -> str:
     value = os.environ.get("QENGINE_COMPILE", "0").strip().lower()
-    if value not in ("", "0", "1", "require"):
-        raise SystemExit(f"qengine: invalid QENGINE_COMPILE {value!r}: use 0, 1 or require, or leave it unset (auto)")
+    if value not in ("", "auto", "0", "1", "require"):
+        raise SystemExit(f"qengine: invalid QENGINE_COMPILE {value!r}: use 0, 1, require or auto (the default)")
+    # auto here: a hook the backend does not decide for (metadata, sdist), which compiles nothing
     return value if value in ("1", "require") else "0"
 
 

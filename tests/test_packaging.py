@@ -126,10 +126,11 @@ def test_a_failed_compile_installs_pure_python(tmp_path: Path, compile_mode: str
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
-def test_a_plain_install_is_compiled_where_a_compiler_is_found(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compile_mode", [None, "auto"])
+def test_a_plain_install_is_compiled_where_a_compiler_is_found(tmp_path: Path, compile_mode: str | None) -> None:
     src = _copy_tree(tmp_path)
-    assert "mypy==" in _backend(src, "b.get_requires_for_build_wheel()", None)  # mypyc is needed to build
-    names = _wheel(tmp_path, None)
+    assert "mypy==" in _backend(src, "b.get_requires_for_build_wheel()", compile_mode)  # mypyc builds it
+    names = _wheel(tmp_path, compile_mode)
     assert any(n.startswith("queue_engine/backends/file/store.") and n.endswith(".so") for n in names), names
 
 
@@ -150,6 +151,15 @@ def test_an_editable_install_is_pure_unless_asked(tmp_path: Path) -> None:
     wheel = _backend(src, f"b.build_editable({str(tmp_path)!r})", None)
     assert wheel.endswith("-py3-none-any.whl"), wheel
     assert not list(src.rglob("*.so"))
+
+
+def test_metadata_and_sdist_hooks_take_auto(tmp_path: Path) -> None:
+    """pip asks for metadata (and an sdist) through hooks that run setup.py undecided."""
+    src = _copy_tree(tmp_path)
+    out = tmp_path / "meta"
+    out.mkdir()
+    assert _backend(src, f"b.prepare_metadata_for_build_wheel({str(out)!r})", "auto").endswith(".dist-info")
+    assert "mypy" not in _backend(src, "b.get_requires_for_build_sdist()", "auto")
 
 
 def test_an_invalid_compile_mode_is_refused_by_name(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def _reference(body: bytes, attempts: int) -> dict[str, Any]:
 
 
 def _fast(body: bytes, attempts: int) -> dict[str, Any] | None:
-    fields = _plain_fields(body)
+    fields = _plain_fields(body.decode("utf-8"))
     return None if fields is None else QueueMessage.plain(*fields, attempts=attempts, queue="q").to_dict()
 
 
@@ -76,8 +76,8 @@ def test_a_body_the_producer_hot_path_wrote_is_read_fast(tmp_path: Path) -> None
     seen: list[bool] = []
     real = store._plain_fields
 
-    def spy(body: bytes) -> Any:
-        result = real(body)
+    def spy(text: str) -> Any:
+        result = real(text)
         seen.append(result is not None)
         return result
 
@@ -114,7 +114,39 @@ def test_a_kept_uuid_that_needs_escapes_is_left_to_the_full_parse(uuid: str) -> 
     body = _message_body(msg, codec.encode_data(msg.data))
     fast = _fast(body, 0)
     assert fast is None or fast == _reference(body, 0)
-    assert (fast is None) == (len(json.dumps(uuid, ensure_ascii=False)) - 2 != len(uuid))
+    assert (fast is None) == (not uuid.isascii() or json.dumps(uuid)[1:-1] != uuid)  # ours: read fast
+
+
+def _plain_body() -> str:
+    msg = QueueMessage(data={"a": [1, 2]}, username="u")
+    msg.uuid, msg.inserted_at = "0195f0e8-1c2d-8a3b-9c4d-5e6f7a8b9c0d", _WHEN
+    return _message_body(msg, codec.encode_data(msg.data)).decode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # keys hidden in the uuid's 36 characters: valid JSON with another uuid value
+        lambda t: t[:9] + 'AB","q":"' + "z" * 27 + t[45:],
+        lambda t: t[:9] + 'AB","uuid":"' + "z" * 24 + t[45:],
+        lambda t: t[:9] + "\x01" + t[10:],  # a raw control character: not JSON at all
+        # insertion times float() reads and JSON does not, or reads otherwise
+        *(
+            (lambda t, number=number: t.replace('"inserted_at":' + t.split('"inserted_at":')[1].split(",")[0],
+                                                '"inserted_at":' + number))
+            for number in ("nan", "inf", "1_764_806_400", "+1764806400", ".5", "-Infinity", "1e3", "null")
+        ),
+    ],
+)
+def test_an_unexpected_body_with_the_plain_layout_reads_as_the_full_parse_or_not_at_all(change: Any) -> None:
+    text = change(_plain_body())
+    fast = _plain_fields(text)
+    try:
+        reference = _reference(text.encode(), 0)
+    except ValueError:
+        assert fast is None  # the full parse refuses it: so must the fast read
+        return
+    assert fast is None or QueueMessage.plain(*fast, queue="q").to_dict() == reference
 
 
 @pytest.mark.parametrize(
@@ -137,4 +169,4 @@ def test_a_kept_uuid_that_needs_escapes_is_left_to_the_full_parse(uuid: str) -> 
     ],
 )
 def test_anything_but_the_plain_layout_is_left_to_the_full_parse(body: bytes) -> None:
-    assert _plain_fields(body) is None
+    assert _plain_fields(body.decode()) is None

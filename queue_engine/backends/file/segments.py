@@ -28,6 +28,7 @@ _IDX_SLOT: Final = struct.Struct("<I")
 _IDX_BASE: Final = 8  # _IDX_HEADER.size
 _SLOT_SIZE: Final = 4  # _IDX_SLOT.size
 _pack_slot: Final = _IDX_SLOT.pack_into
+_unpack_slot: Final = _IDX_SLOT.unpack_from
 assert _IDX_HEADER.size == _IDX_BASE and _IDX_SLOT.size == _SLOT_SIZE
 #: Smallest record (header + a minimal message body); bounds the slots a segment needs.
 MIN_ADD_SIZE: Final = HEADER_SIZE + 16
@@ -157,7 +158,7 @@ class Segment:
         slot = seq - self.first_seq
         if not 0 <= slot < self.slots:
             return None
-        (value,) = _IDX_SLOT.unpack_from(self.idx_mm, _IDX_BASE + slot * _SLOT_SIZE)
+        (value,) = _unpack_slot(self.idx_mm, _IDX_BASE + slot * _SLOT_SIZE)
         return value - 1 if value else None
 
     def sync(self) -> None:

@@ -67,7 +67,7 @@ __all__ = ["QueueStore", "mint_uuid", "seq_of_uuid", "init_queue_dir"]
 _SEAL: Final = encode(RecordType.SEAL, 0)
 _CHECKPOINT_BYTES: Final = 4 * 1024 * 1024  # log written between checkpoints (bounds replay at open)
 _HOLDER_CHECK_INTERVAL: Final = 1.0
-_SPIN: Final = 0.0002  # seconds a waiter for the lock tries without sleeping (see _flock)
+_SPIN: Final = 0.00005  # seconds a waiter for the lock tries without sleeping (see _flock)
 _MAX_LEASES: Final = 4096  # reservations remembered per handle (a cache)
 _LOCK_EX_NB: Final = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN: Final = fcntl.LOCK_UN
@@ -939,11 +939,11 @@ class QueueStore:
         return self._segment(loc[0]).mm[start : start + 36] == uuid.encode("ascii", "replace")
 
     def _message(self, loc: Loc, attempts: int) -> QueueMessage:
-        body = self._body(loc)
-        plain = _plain_fields(body)
+        text = self._body(loc).decode("utf-8")
+        plain = _plain_fields(text)
         if plain is not None:
             return QueueMessage.plain(*plain, attempts=attempts, queue=self.name)
-        return QueueMessage.from_record(codec.loads(body), attempts=attempts, queue=self.name)
+        return QueueMessage.from_record(codec.loads(text), attempts=attempts, queue=self.name)
 
     def _pending_loc(self, seq: int) -> tuple[Loc, int, int] | None:
         """(loc, state, attempts) of pending message ``seq``; state 0 means in the stream."""
@@ -1639,48 +1639,57 @@ _READY_MIDDLE: Final[dict[tuple[int, str | None], str]] = {}
 
 
 #: The middle of a plain message's stored body (from the uuid's closing quote to the comma
-#: before "inserted_at") -> (retries, username): see _plain_fields. Bounded like _READY_MIDDLE.
+#: before "inserted_at") -> (retries, username): see _plain_fields. At most 64 are kept.
 _PLAIN_MIDDLES: Final[dict[str, tuple[int, str | None]]] = {}
+_PLAIN_MIDDLE_START: Final = '","alias":null,"retries":'
 
 
-def _plain_fields(body: bytes) -> tuple[str, int, str | None, float, Any] | None:
-    """(uuid, retries, username, inserted_at epoch, data) of a plain message's stored body,
-    or None for any other body, which the caller parses as JSON.
+def _plain_fields(text: str) -> tuple[str, int, str | None, float, Any] | None:
+    """(uuid, retries, username, inserted_at epoch, data) of a plain message's stored body
+    (decoded), or None for any other body, which the caller parses as JSON.
 
     A plain message (no alias, immediate, enabled: nearly every message) is stored in the
     layout :func:`_message_body` and ``_add_ready`` write, whose middle depends only on its
     retries and username: a middle seen before is looked up, and only the insertion time and
-    the data are parsed. A new middle is accepted only if the full parse of the body gives
-    back exactly that text, so this returns what the full parse would, or None.
+    the data are parsed. A new middle is parsed on its own and accepted only if writing that
+    message's middle gives back exactly its text. For every body the engine writes (bodies
+    reach here CRC-checked) this returns what the full parse would, or None; an unexpected
+    body is left to the full parse where it differs in a way that is cheap to see.
     """
-    text = body.decode("utf-8")
     i = text.find(',"inserted_at":', 45)
     j = text.find(',"data":', i)
-    if i < 0 or j < 0 or not text.startswith('{"uuid":"'):
+    if i < 0 or j < 0 or not text.startswith('{"uuid":"') or not text.startswith(_PLAIN_MIDDLE_START, 45):
+        return None
+    uuid = text[9:45]  # the value only if it needs no escape (a kept uuid may): else the full parse
+    if not (uuid.isascii() and uuid.isprintable()) or '"' in uuid or "\\" in uuid:
         return None
     middle = text[45:i]
     fields = _PLAIN_MIDDLES.get(middle)
     if fields is None:
-        fields = _plain_middle(text, middle)
+        fields = _plain_middle(middle)
         if fields is None:
             return None
+    number = text[i + 15 : j]
+    if not (number[:1].isdigit() or number[:1] == "-") or "_" in number:  # not as repr writes it
+        return None
     try:
-        inserted = float(text[i + 15 : j])
+        inserted = float(number)
         data, end = codec.scan(text, j + 8)
     except (ValueError, StopIteration):  # not plain after all: the full parse decides
         return None
-    uuid = text[9:45]  # a kept (foreign) uuid may need escapes: then its text is not its value
-    if end != len(text) - 1 or text[end] != "}" or "\\" in uuid:
+    if end != len(text) - 1 or text[end] != "}":
         return None
     return uuid, fields[0], fields[1], inserted, data
 
 
-def _plain_middle(text: str, middle: str) -> tuple[int, str | None] | None:
+def _plain_middle(middle: str) -> tuple[int, str | None] | None:
     """(retries, username) if ``middle`` is exactly the middle a plain message is written
-    with (checked against the full parse of ``text``), remembered; else None."""
+    with, remembered; else None. Parses the middle alone, not the body's data."""
     try:
-        record = codec.loads(text)
+        record = codec.loads('{"uuid":"' + middle + "}")
     except ValueError:
+        return None
+    if not isinstance(record, dict):
         return None
     retries, username = record.get("retries"), record.get("username")
     if (
@@ -1691,12 +1700,13 @@ def _plain_middle(text: str, middle: str) -> tuple[int, str | None] | None:
         or record.get("deferred_until") is not None
         or record.get("disabled") is not False
         or middle
-        != f'","alias":null,"retries":{retries},"execution_mode":"immediate","deferred_until":null,'
+        != f'{_PLAIN_MIDDLE_START}{retries},"execution_mode":"immediate","deferred_until":null,'
         f'"disabled":false,"username":{string_or_null(username)}'
     ):
         return None
-    if len(_PLAIN_MIDDLES) < 64:
-        _PLAIN_MIDDLES[middle] = (retries, username)
+    if len(_PLAIN_MIDDLES) >= 64:  # bounded; a process rarely meets more than a few
+        _PLAIN_MIDDLES.clear()
+    _PLAIN_MIDDLES[middle] = (retries, username)
     return retries, username
 
 
