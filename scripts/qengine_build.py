@@ -78,17 +78,18 @@ def get_requires_for_build_editable(config_settings: dict[str, Any] | None = Non
     return _requires(_setuptools.get_requires_for_build_editable, config_settings, editable=True)
 
 
+def _build(hook: Callable[..., str], editable: bool, *args: Any) -> str:
+    with _decided(editable):
+        return hook(*args)
+
+
 def build_wheel(
     wheel_directory: str, config_settings: dict[str, Any] | None = None, metadata_directory: str | None = None
 ) -> str:
-    with _decided(editable=False):
-        name: str = _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
-        return name
+    return _build(_setuptools.build_wheel, False, wheel_directory, config_settings, metadata_directory)
 
 
 def build_editable(
     wheel_directory: str, config_settings: dict[str, Any] | None = None, metadata_directory: str | None = None
 ) -> str:
-    with _decided(editable=True):
-        name: str = _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
-        return name
+    return _build(_setuptools.build_editable, True, wheel_directory, config_settings, metadata_directory)

@@ -1070,10 +1070,7 @@ class QueueStore:
         key = (msg.retries, msg.username)
         middle = _READY_MIDDLE.get(key)
         if middle is None:
-            middle = (
-                f',"alias":null,"retries":{msg.retries},"execution_mode":"immediate","deferred_until":null,'
-                f'"disabled":false,"username":{string_or_null(msg.username)},"inserted_at":'
-            )
+            middle = _plain_middle_text(msg.retries, msg.username) + ',"inserted_at":'
             if len(_READY_MIDDLE) < 64:
                 _READY_MIDDLE[key] = middle
         with self._locked() as view:
@@ -1641,7 +1638,16 @@ _READY_MIDDLE: Final[dict[tuple[int, str | None], str]] = {}
 #: The middle of a plain message's stored body (from the uuid's closing quote to the comma
 #: before "inserted_at") -> (retries, username): see _plain_fields. At most 64 are kept.
 _PLAIN_MIDDLES: Final[dict[str, tuple[int, str | None]]] = {}
-_PLAIN_MIDDLE_START: Final = '","alias":null,"retries":'
+_PLAIN_MIDDLE_START: Final = '","alias":null,"retries":'  # how every such middle starts
+
+
+def _plain_middle_text(retries: int, username: str | None) -> str:
+    """What a plain message's body holds between its uuid and its insertion time (the same
+    fields :func:`_message_body` writes), written by _add_ready and checked by _plain_middle."""
+    return (
+        f',"alias":null,"retries":{retries},"execution_mode":"immediate","deferred_until":null,'
+        f'"disabled":false,"username":{string_or_null(username)}'
+    )
 
 
 def _plain_fields(text: str) -> tuple[str, int, str | None, float, Any] | None:
@@ -1699,9 +1705,7 @@ def _plain_middle(middle: str) -> tuple[int, str | None] | None:
         or record.get("execution_mode") != "immediate"
         or record.get("deferred_until") is not None
         or record.get("disabled") is not False
-        or middle
-        != f'{_PLAIN_MIDDLE_START}{retries},"execution_mode":"immediate","deferred_until":null,'
-        f'"disabled":false,"username":{string_or_null(username)}'
+        or middle != '"' + _plain_middle_text(retries, username)  # after the uuid's closing quote
     ):
         return None
     if len(_PLAIN_MIDDLES) >= 64:  # bounded; a process rarely meets more than a few
