@@ -43,6 +43,8 @@ _MODES: dict[object, ExecutionMode] = {mode.value: mode for mode in ExecutionMod
 # metaclass on every access, which costs more than the rest of a message's validation.
 _UTC = timezone.utc
 _DEFERRED = ExecutionMode.DEFERRED
+_IMMEDIATE = ExecutionMode.IMMEDIATE
+_new_object = object.__new__
 
 
 def validate_queue_name(name: object) -> str:
@@ -241,18 +243,17 @@ class QueueMessage:
         username: str | None,
         inserted: float,
         data: Any,
-        *,
         attempts: int = 0,
         queue: str | None = None,
     ) -> QueueMessage:
         """:meth:`from_record` of a plain message (no alias, immediate, not disabled), from its
         fields: what a backend reads without building the record's dict first."""
-        msg = cls.__new__(cls)
+        msg = _new_object(cls)  # the fields are a record's, read back: no validate()
         msg.uuid = uuid
         msg.alias = None
         msg.data = data
         msg.retries = retries
-        msg.execution_mode = ExecutionMode.IMMEDIATE
+        msg.execution_mode = _IMMEDIATE
         msg.deferred_until = None
         try:
             msg.inserted_at = _inserted_datetime(inserted)

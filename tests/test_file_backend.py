@@ -6,7 +6,9 @@ the file backend has, with small segments so rolls and cleanups happen within a 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import subprocess
 import sys
 import uuid as uuidlib
@@ -17,7 +19,8 @@ import pytest
 
 from queue_engine import QueueFactory, QueueMessage
 from queue_engine.backends.file import FileQueueManager
-from queue_engine.backends.file.store import _insertion_stamp, mint_uuid, seq_of_uuid
+from queue_engine.backends.file.store import _MASK48, _MIX, _insertion_stamp, _mix48, mint_uuid, seq_of_uuid
+from queue_engine.errors import LockTimeout
 
 SMALL = 64 * 1024  # smallest segment size: rolls every few hundred messages
 
@@ -164,6 +167,50 @@ def test_uuid_minting_round_trips_and_looks_random() -> None:
     assert len({u[:8] for u in minted}) > 150  # consecutive seqs do not share a prefix
     assert seq_of_uuid(str(uuidlib.uuid4()), key) is None
     assert seq_of_uuid("not-a-uuid", key) is None
+
+
+def test_uuid_minting_mixes_the_seq_as_a_128_bit_product_would_and_spends_74_random_bits() -> None:
+    rng = random.Random(7)
+    for seq in [0, 1, 2**24 - 1, 2**24, 2**47, _MASK48, 2**48, 2**60 + 5] + [rng.getrandbits(48) for _ in range(2000)]:
+        assert _mix48(seq) == (seq * _MIX) & _MASK48
+    key = 0x123456789ABC
+    minted = [uuidlib.UUID(mint_uuid(99, key)).int for _ in range(400)]
+    assert len({u >> 80 for u in minted}) == 1  # the seq part: the same for the same seq
+    random_bits = (1 << 80) - 1 ^ (0xF << 76) ^ (0b11 << 62)  # below the seq, but version and variant
+    assert {u & ~random_bits & ((1 << 80) - 1) for u in minted} == {(0x8 << 76) | (0b10 << 62)}
+    varied = 0
+    for a in minted[1:]:
+        varied |= (a ^ minted[0]) & random_bits
+    assert varied == random_bits  # each of the 74 bits took both values
+
+
+def test_a_lock_timeout_on_a_queue_in_use_is_raised_and_recorded(tmp_path: Path) -> None:
+    """The per-message methods of an open queue go straight to its store: their errors are
+    recorded for get_last_error() there too."""
+    m = open_manager(tmp_path, lock_timeout=0.05)
+    m.add_message("q", QueueMessage(data=1))
+    m.add_message("q", QueueMessage(data=2))
+    reserved = m.reserve("q", lease=600)
+    assert reserved is not None
+    calls = {
+        "add_message": lambda: m.add_message("q", QueueMessage(data=3)),
+        "get_message": lambda: m.get_message("q"),
+        "reserve": lambda: m.reserve("q", lease=600),
+        "ack": lambda: m.ack("q", reserved),
+    }
+    holder = os.open(tmp_path / "queues" / "q" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: conflicts with the manager's own
+        for name, call in calls.items():
+            m._last_error = None
+            with pytest.raises(LockTimeout, match="not acquired"):
+                call()
+            assert "not acquired" in (m.get_last_error() or ""), name
+    finally:
+        os.close(holder)
+    m.ack("q", reserved)
+    assert [m.get_message("q").data, m.get_message("q")] == [2, None]  # type: ignore[union-attr]
+    m.close()
 
 
 def test_insertion_stamp_is_the_time_it_names_remembered_for_one_millisecond() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
-from ...errors import QueueNotFound, StorageError
-from ...manager import MessageFilter, OnDuplicate, QueueManager
+from ...errors import QueueEngineError, QueueNotFound, StorageError
+from ...manager import _MAX_SECONDS, MessageFilter, OnDuplicate, QueueManager
 from ...message import QueueMessage, validate_queue_name
 from ...permissions import Modes, check_data_dir
 from ...status import FailedMessage, QueueStatus
@@ -203,6 +203,62 @@ class FileQueueManager(QueueManager):
                     yield entry.name
 
     # -- messages -----------------------------------------------------------------------
+    # The per-message methods below are the hot paths: for a queue this manager has open, a
+    # call goes to its store at once, without the general path's frames (which validate the
+    # queue name: the names of open queues are valid). Anything else, and a queue destroyed
+    # under the call, takes the general path of QueueManager; both behave the same.
+
+    def add_message(self, queue: str, message: QueueMessage, *, on_duplicate: OnDuplicate = "error") -> str:
+        store = self._stores.get(queue) if queue.__class__ is str and on_duplicate == "error" else None
+        if store is not None:
+            try:
+                uuid = store.add_plain(message)  # a plain message whose fields were checked before
+            except QueueEngineError as exc:
+                self._last_error = str(exc)
+                raise
+            if uuid is not None:
+                return uuid
+        return super().add_message(queue, message, on_duplicate=on_duplicate)
+
+    def get_message(self, queue: str) -> QueueMessage | None:
+        store = self._stores.get(queue) if queue.__class__ is str else None
+        if store is not None and not store.view.destroyed:
+            try:
+                message = store.get()
+            except QueueEngineError as exc:
+                self._last_error = str(exc)
+                raise
+            if not store.view.destroyed:
+                return message
+        return super().get_message(queue)
+
+    def reserve(self, queue: str, lease: float | None = None) -> QueueMessage | None:
+        store = self._stores.get(queue) if queue.__class__ is str else None
+        if lease is None:
+            lease = self.config.lease
+        elif lease.__class__ is not float and lease.__class__ is not int or not 0 < lease <= _MAX_SECONDS:
+            store = None  # the general path names what is wrong
+        if store is not None and not store.view.destroyed:
+            try:
+                message = store.reserve(float(lease))
+            except QueueEngineError as exc:
+                self._last_error = str(exc)
+                raise
+            if not store.view.destroyed:
+                return message
+        return super().reserve(queue, lease)
+
+    def ack(self, queue: str, message: str | QueueMessage, *, processed: bool = False) -> None:
+        store = self._stores.get(queue) if queue.__class__ is str and message.__class__ is QueueMessage else None
+        if store is not None and message.uuid and not store.view.destroyed:  # type: ignore[union-attr]
+            try:
+                store.ack(message.uuid, message.attempts, processed=processed, alias=message.alias)  # type: ignore[union-attr]
+            except QueueEngineError as exc:
+                self._last_error = str(exc)
+                raise
+            return
+        super().ack(queue, message, processed=processed)
+
     def _add_messages(self, queue: str, messages: list[QueueMessage], on_duplicate: OnDuplicate) -> list[str]:
         store = self._open_store(queue)
         if store is not None:

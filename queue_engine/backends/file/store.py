@@ -81,6 +81,9 @@ _NO_BODY: Final = memoryview(b"")  # the body of every record without one (never
 _MASK48: Final = (1 << 48) - 1
 _MIX: Final = 0x9E3779B97F4B & _MASK48 | 1  # odd, so multiplying by it is invertible mod 2**48
 _UNMIX: Final = pow(_MIX, -1, 1 << 48)
+_MASK24: Final = (1 << 24) - 1
+_MIX_LO: Final = _MIX & _MASK24
+_MIX_HI: Final = _MIX >> 24
 
 
 # -- uuids ----------------------------------------------------------------------------------
@@ -91,16 +94,25 @@ def mint_uuid(seq: int, key: int) -> str:
     uuid stored in the record confirms it. The per-queue key keeps uuids looking random and
     does not reveal how many messages a queue has seen.
     """
-    rand = _getrandbits(74)
-    value = (
-        ((((seq * _MIX) & _MASK48) ^ key) << 80)
-        | (0x8 << 76)
-        | ((rand >> 62) << 64)
-        | (0b10 << 62)
-        | (rand & ((1 << 62) - 1))
+    masked = _mix48(seq) ^ key
+    r1, r2, r3 = _getrandbits(32), _getrandbits(32), _getrandbits(10)  # 74 random bits in all
+    version = 0x8000 | (r3 << 2) | (r1 >> 30)  # version 8, then 12 random bits
+    variant = 0x8000 | ((r1 >> 16) & 0x3FFF)  # variant 0b10, then 14 random bits
+    # three ints that each fit a machine word: cheaper than one 128-bit int and its text
+    return (
+        (masked >> 16).to_bytes(4, "big").hex()
+        + "-"
+        + ((masked & 0xFFFF) << 32 | version << 16 | variant).to_bytes(6, "big").hex("-", 2)
+        + "-"
+        + ((r1 & 0xFFFF) << 32 | r2).to_bytes(6, "big").hex()
     )
-    h = value.to_bytes(16, "big").hex()  # a third cheaper than f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _mix48(seq: int) -> int:
+    """``(seq * _MIX) % 2**48``, computed on 24-bit halves so no product exceeds 48 bits."""
+    lo = seq & _MASK24
+    hi = (seq >> 24) & _MASK24
+    return (lo * _MIX_LO + (((hi * _MIX_LO + lo * _MIX_HI) & _MASK24) << 24)) & _MASK48
 
 
 def seq_of_uuid(uuid: str, key: int) -> int | None:
@@ -942,7 +954,8 @@ class QueueStore:
         text = self._body(loc).decode("utf-8")
         plain = _plain_fields(text)
         if plain is not None:
-            return QueueMessage.plain(*plain, attempts=attempts, queue=self.name)
+            uuid, retries, username, inserted, data = plain
+            return _plain_message(uuid, retries, username, inserted, data, attempts, self.name)
         return QueueMessage.from_record(codec.loads(text), attempts=attempts, queue=self.name)
 
     def _pending_loc(self, seq: int) -> tuple[Loc, int, int] | None:
@@ -1060,19 +1073,54 @@ class QueueStore:
         self.sync_after_write(seg)
         return uuids
 
-    def _add_ready(self, msg: QueueMessage) -> str:
+    def add_plain(self, msg: Any) -> str | None:
+        """``add_message(q, msg)`` of a plain message whose fields were checked before (the
+        producers' hot path, without the manager's general path); None for any other message
+        or a destroyed queue, which the caller then adds through :meth:`add`.
+
+        Plain: an exact QueueMessage, no alias, immediate, enabled, and its retries and
+        username a pair :meth:`_add_ready` has stored before: only pairs that passed
+        ``QueueMessage.validate`` get there, so the pair needs no check again.
+
+        Its fields are read through ``fields`` (Any) so that the compiled build takes them as
+        they are: read as declared, a bool would pass for an int, and a str field holding an
+        int would raise TypeError.
+        """
+        if type(msg) is not QueueMessage or self.view.destroyed:
+            return None
+        fields: Any = msg  # not narrowed to QueueMessage by the test above
+        retries = fields.retries
+        username = fields.username
+        if (
+            fields.alias is not None
+            or fields.deferred_until is not None
+            or fields.disabled is not False
+            or fields.execution_mode is not _IMMEDIATE
+            or type(retries) is not int
+            or type(username) is not str
+        ):
+            return None
+        middle = _READY_MIDDLE.get((retries, username))
+        if middle is None:
+            return None
+        uuid = self._add_ready(msg, middle)
+        return None if self.view.destroyed else uuid
+
+    def _add_ready(self, msg: QueueMessage, middle: str = "") -> str:
         """:meth:`add` of one ready message without an alias, the producers' hot path.
 
         The same record as the general path, with the body built before the lock (but for
         its uuid and time) and the record applied to the view without reading it back.
+        ``middle``: what :data:`_READY_MIDDLE` holds for the message's retries and username.
         """
         data_json = encode_data(msg.data)
-        key = (msg.retries, msg.username)
-        middle = _READY_MIDDLE.get(key)
-        if middle is None:
-            middle = _plain_middle_text(msg.retries, msg.username) + ',"inserted_at":'
-            if len(_READY_MIDDLE) < 64:
-                _READY_MIDDLE[key] = middle
+        if not middle:
+            key = (msg.retries, msg.username)
+            middle = _READY_MIDDLE.get(key, "")
+            if not middle:
+                middle = _plain_middle_text(msg.retries, msg.username) + ',"inserted_at":'
+                if len(_READY_MIDDLE) < 64:
+                    _READY_MIDDLE[key] = middle
         with self._locked() as view:
             now = _now_ms()
             seq = view.next_seq
@@ -1617,6 +1665,8 @@ def _due_ms(msg: QueueMessage) -> int:
 _json_ascii: Final = json.encoder.encode_basestring_ascii
 # str-enum: "immediate" hashes alike
 _MODE_NAMES: Final[dict[object, str]] = {mode: mode.value for mode in ExecutionMode}
+_IMMEDIATE: Final = ExecutionMode.IMMEDIATE
+_plain_message: Final = QueueMessage.plain
 
 
 def _opt_ascii(value: str | None) -> str:

@@ -32,6 +32,7 @@ __all__ = ["Entry", "QueueView", "Loc", "WAITING", "DISABLED", "INFLIGHT", "FAIL
 Loc = tuple[int, int]  # (segment number, offset of the record)
 
 WAITING, DISABLED, INFLIGHT, FAILED = 1, 2, 3, 4
+_KEY_MASK = (1 << 48) - 1  # a queue's uuid key is 48 bits (the seq part of a minted uuid)
 
 
 class LogAccess(Protocol):
@@ -183,7 +184,7 @@ class QueueView:
         v.custom = data["custom"]
         v.meta = data.get("meta", {})
         v.created_at = data["created_at"]
-        v.uuid_key = data["uuid_key"]
+        v.uuid_key = int(data["uuid_key"]) & _KEY_MASK
         v.last_inserted = data["last_inserted"]
         v.last_processed = data["last_processed"]
         v.last_ts = data["last_ts"]
@@ -437,7 +438,7 @@ class QueueView:
             created = json.loads(bytes(body))
             self.created_at = h.ts
             self.custom = dict(created.get("attributes") or {})
-            self.uuid_key = int(created.get("uuid_key") or 0)
+            self.uuid_key = int(created.get("uuid_key") or 0) & _KEY_MASK
             return
         if t == RecordType.FAIL:
             e = self._entry_for(seq, loc, log)
