@@ -94,18 +94,23 @@ def mint_uuid(seq: int, key: int) -> str:
     uuid stored in the record confirms it. The per-queue key keeps uuids looking random and
     does not reveal how many messages a queue has seen.
     """
-    masked = _mix48(seq) ^ key
-    r1, r2, r3 = _getrandbits(32), _getrandbits(32), _getrandbits(10)  # 74 random bits in all
+    return uuid_seq_part(seq, key) + uuid_random_part()
+
+
+def uuid_seq_part(seq: int, key: int) -> str:
+    """The first 13 characters of :func:`mint_uuid`'s uuid: ``seq`` mixed and masked (48 bits)."""
+    return (_mix48(seq) ^ key).to_bytes(6, "big").hex("-", -4)
+
+
+def uuid_random_part() -> str:
+    """The last 23 characters of :func:`mint_uuid`'s uuid: version, variant and 74 random bits
+    (a writer draws them before it takes the lock, which the seq part needs)."""
+    r1, r2, r3 = _getrandbits(32), _getrandbits(32), _getrandbits(10)
     version = 0x8000 | (r3 << 2) | (r1 >> 30)  # version 8, then 12 random bits
     variant = 0x8000 | ((r1 >> 16) & 0x3FFF)  # variant 0b10, then 14 random bits
-    # three ints that each fit a machine word: cheaper than one 128-bit int and its text
-    return (
-        (masked >> 16).to_bytes(4, "big").hex()
-        + "-"
-        + ((masked & 0xFFFF) << 32 | version << 16 | variant).to_bytes(6, "big").hex("-", 2)
-        + "-"
-        + ((r1 & 0xFFFF) << 32 | r2).to_bytes(6, "big").hex()
-    )
+    # ints that each fit a machine word: cheaper than one 128-bit int and its text
+    low = (r1 & 0xFFFF) << 32 | r2  # 48 random bits
+    return "-" + (version << 16 | variant).to_bytes(4, "big").hex("-", 2) + "-" + low.to_bytes(6, "big").hex()
 
 
 def _mix48(seq: int) -> int:
@@ -1121,10 +1126,11 @@ class QueueStore:
                 middle = _plain_middle_text(msg.retries, msg.username) + ',"inserted_at":'
                 if len(_READY_MIDDLE) < 64:
                     _READY_MIDDLE[key] = middle
+        random_part = uuid_random_part()
         with self._locked() as view:
             now = _now_ms()
             seq = view.next_seq
-            uuid = mint_uuid(seq, view.uuid_key)
+            uuid = uuid_seq_part(seq, view.uuid_key) + random_part
             stamp = _insertion_stamp(now)
             body = f'{{"uuid":"{uuid}"{middle}{stamp[1]},"data":{data_json}}}'.encode()
             rec = encode(RecordType.ADD, seq, body, ts=now)
