@@ -156,3 +156,9 @@ def test_ack_checks_hold_on_a_queue_in_use(manager: QueueManager) -> None:
     with pytest.raises(LeaseLost):
         manager.ack(Q, reserved)
     assert "not reserved" in (manager.get_last_error() or "")
+    manager.add_message(Q, QueueMessage(data=2, alias="a2"))
+    reserved = manager.reserve(Q, lease=600)
+    assert reserved is not None
+    manager.ack(Q, reserved, processed=1)  # type: ignore[arg-type]  # any true value, as Python reads it
+    last = manager.queue_status(Q).last_message_processed
+    assert last is not None and last.alias == "a2"

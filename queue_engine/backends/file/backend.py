@@ -252,7 +252,7 @@ class FileQueueManager(QueueManager):
         store = self._stores.get(queue) if queue.__class__ is str and message.__class__ is QueueMessage else None
         if store is not None and message.uuid and not store.view.destroyed:  # type: ignore[union-attr]
             try:
-                store.ack(message.uuid, message.attempts, processed=processed, alias=message.alias)  # type: ignore[union-attr]
+                store.ack(message.uuid, message.attempts, processed=bool(processed), alias=message.alias)  # type: ignore[union-attr]
             except QueueEngineError as exc:
                 self._last_error = str(exc)
                 raise

@@ -1687,7 +1687,9 @@ def _processed_body(uuid: str | None, alias: str | None, now: int) -> tuple[dict
     return {"uuid": uuid, "alias": alias, "timestamp": stamp}, body.encode()
 
 
-#: (retries, username) -> the middle of a ready message's body without alias (see _add_ready)
+#: (retries, username) -> the middle of a ready message's body without alias (see _add_ready).
+#: Only _add_ready writes it, for messages the manager validated: add_plain takes a pair
+#: found here as checked. Keys are compared by value, so add_plain tests the types first.
 _READY_MIDDLE: Final[dict[tuple[int, str | None], str]] = {}
 
 
