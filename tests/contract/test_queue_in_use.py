@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from queue_engine import InvalidMessage, InvalidQueueName, LeaseLost, QueueManager, QueueMessage
+from queue_engine import ExecutionMode, InvalidMessage, InvalidQueueName, LeaseLost, QueueManager, QueueMessage
 
 Q = "jobs"
 USER = "ana"
@@ -86,9 +86,26 @@ def test_changes_a_fresh_message_accepts_are_normalised_on_a_queue_in_use(manage
     no_user.username = None
     for message in (mode_as_text, no_user):
         manager.add_message(Q, message)
+    assert mode_as_text.execution_mode is ExecutionMode.IMMEDIATE  # the caller's message too
+    assert no_user.username and no_user.username.__class__ is str
     got = [manager.get_message(Q) for _ in range(2)]
     assert [m.data for m in got if m is not None] == [1, 2]
     assert all(m is not None and m.execution_mode == "immediate" and m.username for m in got)
+
+
+def test_what_a_subclass_lets_through_is_still_checked_for_a_queue_message(manager: QueueManager) -> None:
+    class Lenient(QueueMessage):
+        def validate(self) -> None:
+            retries, self.retries = self.retries, 0
+            super().validate()
+            self.retries = retries
+
+    in_use(manager)
+    manager.add_message(Q, Lenient(data=1, retries=5_000_000))  # its own rule, its own business
+    plain = QueueMessage(data=2)
+    plain.retries = 5_000_000
+    with pytest.raises(InvalidMessage, match="retries"):
+        manager.add_message(Q, plain)
 
 
 @pytest.mark.parametrize("message", [None, {"data": 1}, "text"], ids=repr)
@@ -162,3 +179,9 @@ def test_ack_checks_hold_on_a_queue_in_use(manager: QueueManager) -> None:
     manager.ack(Q, reserved, processed=1)  # type: ignore[arg-type]  # any true value, as Python reads it
     last = manager.queue_status(Q).last_message_processed
     assert last is not None and last.alias == "a2"
+    manager.add_message(Q, QueueMessage(data=3))
+    reserved = manager.reserve(Q, lease=600)
+    assert reserved is not None
+    reserved.alias = 5  # type: ignore[assignment]  # a field only a processed ack reads
+    manager.ack(Q, reserved)
+    assert manager.queue_status(Q).in_flight == 0

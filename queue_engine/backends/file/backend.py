@@ -234,13 +234,14 @@ class FileQueueManager(QueueManager):
 
     def reserve(self, queue: str, lease: float | None = None) -> QueueMessage | None:
         store = self._stores.get(queue) if queue.__class__ is str else None
-        if lease is None:
-            lease = self.config.lease
-        elif lease.__class__ is not float and lease.__class__ is not int or not 0 < lease <= _MAX_SECONDS:
+        seconds = self.config.lease if lease is None else lease  # the config's is checked there
+        if lease is not None and (
+            lease.__class__ is not float and lease.__class__ is not int or not 0 < lease <= _MAX_SECONDS
+        ):
             store = None  # the general path names what is wrong
         if store is not None and not store.view.destroyed:
             try:
-                message = store.reserve(float(lease))
+                message = store.reserve(float(seconds))
             except QueueEngineError as exc:
                 self._last_error = str(exc)
                 raise
@@ -252,7 +253,10 @@ class FileQueueManager(QueueManager):
         store = self._stores.get(queue) if queue.__class__ is str and message.__class__ is QueueMessage else None
         if store is not None and message.uuid and not store.view.destroyed:  # type: ignore[union-attr]
             try:
-                store.ack(message.uuid, message.attempts, processed=bool(processed), alias=message.alias)  # type: ignore[union-attr]
+                if processed:
+                    store.ack(message.uuid, message.attempts, processed=True, alias=message.alias)  # type: ignore[union-attr]
+                else:
+                    store.ack(message.uuid, message.attempts)  # type: ignore[union-attr]
             except QueueEngineError as exc:
                 self._last_error = str(exc)
                 raise

@@ -1124,7 +1124,7 @@ class QueueStore:
             middle = _READY_MIDDLE.get(key, "")
             if not middle:
                 middle = _plain_middle_text(msg.retries, msg.username) + ',"inserted_at":'
-                if len(_READY_MIDDLE) < 64:
+                if len(_READY_MIDDLE) < 64 and type(msg) is QueueMessage:  # a subclass's own checks may differ
                     _READY_MIDDLE[key] = middle
         random_part = uuid_random_part()
         with self._locked() as view:
@@ -1688,8 +1688,8 @@ def _processed_body(uuid: str | None, alias: str | None, now: int) -> tuple[dict
 
 
 #: (retries, username) -> the middle of a ready message's body without alias (see _add_ready).
-#: Only _add_ready writes it, for messages the manager validated: add_plain takes a pair
-#: found here as checked. Keys are compared by value, so add_plain tests the types first.
+#: Only _add_ready writes it, for exact QueueMessages the manager validated: add_plain takes
+#: a pair found here as checked. Keys are compared by value, so add_plain tests the types first.
 _READY_MIDDLE: Final[dict[tuple[int, str | None], str]] = {}
 
 
