@@ -234,7 +234,7 @@ class FileQueueManager(QueueManager):
 
     def reserve(self, queue: str, lease: float | None = None) -> QueueMessage | None:
         store = self._stores.get(queue) if queue.__class__ is str else None
-        seconds = self.config.lease if lease is None else lease  # the config's is checked there
+        seconds = self.config.lease if lease is None else lease  # the config's: checked when it was read
         if lease is not None and (
             lease.__class__ is not float and lease.__class__ is not int or not 0 < lease <= _MAX_SECONDS
         ):
