@@ -112,12 +112,6 @@ class FileQueueManager(QueueManager):
             raise QueueNotFound(f"queue {queue!r} does not exist")
         return store
 
-    def _open_store(self, queue: str) -> QueueStore | None:
-        """The handle already open for ``queue`` and not destroyed (the usual case), or None:
-        the per-message primitives try it before the general path of :meth:`_retrying`."""
-        store = self._stores.get(queue)
-        return None if store is None or store.view.destroyed else store
-
     def _retrying(self, queue: str, op: Any, *, create: bool = False, missing: Any = QueueNotFound) -> Any:
         """Run ``op(store)``; if the queue was destroyed under us, reopen once and retry."""
         for _ in range(3):
@@ -263,35 +257,22 @@ class FileQueueManager(QueueManager):
             return
         super().ack(queue, message, processed=processed)
 
+    # The general path (an open queue's plain message, get, reserve and ack took the short
+    # path above): _retrying reopens a queue destroyed under the call.
     def _add_messages(self, queue: str, messages: list[QueueMessage], on_duplicate: OnDuplicate) -> list[str]:
-        store = self._open_store(queue)
-        if store is not None:
-            uuids = store.add(messages, on_duplicate)
-            if not store.view.destroyed:
-                return uuids
         result: list[str] = self._retrying(queue, lambda s: s.add(messages, on_duplicate), create=True)
         return result
 
     def _get_message(self, queue: str) -> QueueMessage | None:
-        store = self._open_store(queue)
-        if store is not None:
-            message = store.get()
-            if not store.view.destroyed:
-                return message
         result: QueueMessage | None = self._retrying(queue, lambda s: s.get(), missing=None)
         return result
 
     def _reserve(self, queue: str, lease: float) -> QueueMessage | None:
-        store = self._open_store(queue)
-        if store is not None:
-            message = store.reserve(lease)
-            if not store.view.destroyed:
-                return message
         result: QueueMessage | None = self._retrying(queue, lambda s: s.reserve(lease), missing=None)
         return result
 
     def _ack(self, queue: str, uuid: str, attempt: int | None) -> None:
-        (self._open_store(queue) or self._with_store(queue)).ack(uuid, attempt)
+        self._with_store(queue).ack(uuid, attempt)
 
     def _ack_processed(self, queue: str, uuid: str, attempt: int | None, alias: str | None) -> None:
         self._with_store(queue).ack(uuid, attempt, processed=True, alias=alias)
